@@ -1,0 +1,32 @@
+"""What a client may ask for. Built once at start-up from the config and the loaded model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEED_MAX = 2**32 - 1
+SEQ_MAX = 2**53 - 1  # largest integer a JavaScript client can count to exactly
+
+
+@dataclass(frozen=True)
+class Limits:
+    sizes: tuple[tuple[int, int], ...]  # allowed (width, height) pairs: the engine's shape buckets
+    default_size: tuple[int, int]
+    steps: tuple[int, ...]  # allowed denoising step counts
+    default_steps: int
+    max_message_bytes: int = 16 * 1024
+    max_prompt_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.default_size not in self.sizes:
+            raise ValueError(f"default size {self.default_size} is not among {self.sizes}")
+        if self.default_steps not in self.steps:
+            raise ValueError(f"default steps {self.default_steps} is not among {self.steps}")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "max_prompt_chars": self.max_prompt_chars,
+            "seed_max": SEED_MAX,
+            "seq_max": SEQ_MAX,
+        }

@@ -1,0 +1,247 @@
+"""The control protocol spoken over /ws: parsing client messages and serialising server ones.
+
+Version 1. docs/protocol.md is the reference for clients; keep the two in step. Parsing is
+strict about what it understands (types, ranges) and lenient about what it does not (unknown
+fields are ignored, so newer clients work against older servers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptcast.core.limits import SEED_MAX, SEQ_MAX, Limits
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode:
+    """Stable, machine-readable error codes; the message beside each is for people."""
+
+    TOO_LARGE = "too_large"
+    BAD_JSON = "bad_json"
+    BINARY_UNEXPECTED = "binary_unexpected"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    OUT_OF_RANGE = "out_of_range"
+    STALE_SEQ = "stale_seq"
+    NOT_READY = "not_ready"
+    SERVER_FULL = "server_full"
+    ENGINE_ERROR = "engine_error"
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be acted on. The connection stays open."""
+
+    def __init__(self, code: str, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.seq = seq
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+@dataclass(frozen=True)
+class PromptMessage:
+    """A prompt update. Omitted settings keep the session's current value."""
+
+    seq: int
+    text: str
+    seed: int | None = None
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+ClientMessage = PromptMessage
+
+
+def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
+    """Parse one text frame. Raises ProtocolError naming what is wrong."""
+    if len(raw.encode("utf-8")) > limits.max_message_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE,
+            f"message is larger than the {limits.max_message_bytes}-byte limit",
+        )
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "message must be a JSON object")
+    kind = obj.get("type")
+    if kind is None:
+        raise ProtocolError(ErrorCode.MISSING_FIELD, "field 'type' is required")
+    if kind == "prompt":
+        return _parse_prompt(obj, limits)
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_TYPE, f"unknown message type {_short(kind)}; expected 'prompt'"
+    )
+
+
+def _parse_prompt(obj: Mapping[str, Any], limits: Limits) -> PromptMessage:
+    seq = _int_field(obj, "seq", 0, SEQ_MAX, required=True)
+    assert seq is not None
+    try:
+        text = obj.get("text")
+        if text is None:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, "field 'text' is required")
+        if not isinstance(text, str):
+            raise ProtocolError(
+                ErrorCode.BAD_TYPE, f"field 'text' must be a string, not {_json_type(text)}"
+            )
+        if len(text) > limits.max_prompt_chars:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE,
+                f"field 'text' is {len(text)} characters; the limit is {limits.max_prompt_chars}",
+            )
+        seed = _int_field(obj, "seed", 0, SEED_MAX)
+        steps = _int_field(obj, "steps", min(limits.steps), max(limits.steps))
+        if steps is not None and steps not in limits.steps:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE, f"steps {steps} is not one of {list(limits.steps)}"
+            )
+        width = _int_field(obj, "width", 1, 1 << 16)
+        height = _int_field(obj, "height", 1, 1 << 16)
+        if (width is None) != (height is None):
+            raise ProtocolError(
+                ErrorCode.MISSING_FIELD, "'width' and 'height' must be given together"
+            )
+        if width is not None and height is not None and (width, height) not in limits.sizes:
+            allowed = ", ".join(f"{w}x{h}" for w, h in limits.sizes)
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE, f"size {width}x{height} is not allowed; allowed: {allowed}"
+            )
+    except ProtocolError as exc:
+        exc.seq = seq
+        raise
+    return PromptMessage(seq=seq, text=text, seed=seed, steps=steps, width=width, height=height)
+
+
+def _int_field(
+    obj: Mapping[str, Any], name: str, lo: int, hi: int, *, required: bool = False
+) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"field '{name}' is required")
+        return None
+    # bool is an int in Python but never what a client meant; 3.0 is a float in JSON terms.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(
+            ErrorCode.BAD_TYPE, f"field '{name}' must be an integer, not {_json_type(value)}"
+        )
+    if not lo <= value <= hi:
+        raise ProtocolError(
+            ErrorCode.OUT_OF_RANGE, f"field '{name}' is {value}; it must be in {lo}..{hi}"
+        )
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+@dataclass(frozen=True)
+class Hello:
+    session_id: str
+    seed: int
+    model: Mapping[str, object]
+    limits: Limits
+    server: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "server": self.server,
+            "session": {"id": self.session_id, "seed": self.seed},
+            "model": {
+                **self.model,
+                "sizes": {
+                    "default": list(self.limits.default_size),
+                    "allowed": [list(s) for s in self.limits.sizes],
+                },
+                "steps": {"default": self.limits.default_steps, "allowed": list(self.limits.steps)},
+            },
+            "limits": self.limits.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    code: str
+    message: str
+    seq: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"type": "error", "code": self.code, "message": self.message}
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """The update at `seq` asks for exactly the picture of `same_as`, so no new frame comes."""
+
+    seq: int
+    same_as: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": "unchanged", "seq": self.seq, "same_as": self.same_as}
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Sent immediately before the binary message that holds the encoded image."""
+
+    seq: int
+    width: int
+    height: int
+    seed: int
+    steps: int
+    format: str
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "type": "frame",
+            "seq": self.seq,
+            "width": self.width,
+            "height": self.height,
+            "seed": self.seed,
+            "steps": self.steps,
+            "format": self.format,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+ServerMessage = Hello | ErrorMessage | Unchanged | FrameHeader
+
+
+def serialise(message: ServerMessage) -> str:
+    return json.dumps(message.to_json(), separators=(",", ":"))

@@ -1,0 +1,121 @@
+"""Shared fixtures: one loaded embedded engine, and real uvicorn servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+try:
+    import torch
+except ImportError:  # the core tests run without torch
+    torch = None  # type: ignore[assignment]
+else:
+    # Two threads on a shared 2-core machine ran the tiny models 80-120x slower than one.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Any]:
+    """The embedded default model, loaded and warmed once for the whole run."""
+    from promptcast.config import EngineConfig
+    from promptcast.engine.pipeline import Engine
+
+    eng = Engine(EngineConfig())
+    eng.load()
+    eng.warm_up()
+    yield eng
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    app: Any
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+@contextlib.asynccontextmanager
+async def run_server(engine: Any, **config_overrides: Any) -> AsyncIterator[Server]:
+    """A real uvicorn serving create_app(config, engine) on 127.0.0.1, on a free port."""
+    import uvicorn
+
+    from promptcast.app import create_app
+    from promptcast.cli import uvicorn_config
+    from promptcast.config import Config
+
+    config = dataclasses.replace(Config(host="127.0.0.1", port=0, log_level="warning"),
+                                 **config_overrides)
+    app = create_app(config, engine)
+    server = uvicorn.Server(uvicorn_config(app, config))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        while not app.state.runtime.ready:
+            await asyncio.sleep(0.01)
+        yield Server("127.0.0.1", port, app)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def server(engine: Any) -> AsyncIterator[Server]:
+    async with run_server(engine) as srv:
+        yield srv
+
+
+async def recv_json(ws: Any, timeout: float = 30) -> dict[str, Any]:
+    """The next text message, as JSON (binary messages are not expected here)."""
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(raw, str), f"expected a text message, got {len(raw)} bytes"
+    msg: dict[str, Any] = json.loads(raw)
+    return msg
+
+
+async def connect(url: str) -> Any:
+    """A websockets client that has read its hello; returns (ws, hello)."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    ws = await ws_connect(url, max_size=None)
+    hello = await recv_json(ws)
+    assert hello["type"] == "hello", hello
+    return ws, hello
+
+
+async def frames_until(ws: Any, last_seq: int, timeout: float = 60) -> list[tuple[dict[str, Any], bytes]]:
+    """Collect (header, image) pairs until the frame for `last_seq` arrives. Other messages are
+    ignored; a frame header must be followed directly by its image."""
+    frames: list[tuple[dict[str, Any], bytes]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        msg = await recv_json(ws, max(remaining, 0.01))
+        if msg["type"] != "frame":
+            continue
+        image = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(image, bytes), "a frame header must be followed by its binary image"
+        frames.append((msg, image))
+        if msg["seq"] >= last_seq:
+            return frames

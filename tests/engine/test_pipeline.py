@@ -1,0 +1,190 @@
+"""The engine on the embedded model and on a user-style model folder, on the CPU."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, LCMScheduler
+from diffusers import UNet2DConditionModel as UNet
+from PIL import Image
+from transformers import CLIPTextModel
+
+from promptcast.config import EngineConfig
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.image import encode_jpeg
+from promptcast.engine.model_index import EMBEDDED_MODEL, ModelLoadError
+from promptcast.engine.pipeline import Engine
+
+from .tiny_models import save_tiny_sd_folder
+
+
+def req(text: str = "a red circle", seed: int = 1, steps: int = 2, size: int = 128) -> RenderRequest:
+    return RenderRequest(text, seed, steps, size, size)
+
+
+def test_embedded_model_is_a_real_sd_folder_with_the_real_clip_tokenizer(engine: Engine) -> None:
+    c = engine.c
+    assert isinstance(c.text_encoder, CLIPTextModel)
+    assert isinstance(c.unet, UNet)
+    assert isinstance(c.vae, AutoencoderTiny)
+    assert isinstance(engine.scheduler, LCMScheduler)
+    assert len(c.tokenizer) == 49408
+    # Ids as OpenAI CLIP assigns them: BOS, "a", "red", EOS.
+    assert c.tokenizer("a red").input_ids == [49406, 320, 736, 49407]
+    for name in ("model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+                 "unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+        assert (EMBEDDED_MODEL / name).is_file(), name
+
+
+def test_model_info_and_limits(engine: Engine) -> None:
+    info = engine.model_info()
+    assert info["family"] == "lcm" and info["scheduler"] == "LCMScheduler"
+    assert info["decoder"] == "AutoencoderTiny"
+    assert info["timesteps"]["2"] == [999, 499]  # type: ignore[index]
+    assert engine.limits.default_size == (128, 128)
+    assert engine.limits.sizes == ((64, 64), (128, 128), (256, 256))
+    assert engine.limits.default_steps == 2
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_renders_a_decodable_jpeg_of_the_requested_size(engine: Engine, size: int) -> None:
+    out = engine.render(req(size=size, steps=1))
+    assert out.pixels.shape == (size, size, 3) and out.pixels.dtype == np.uint8
+    image = Image.open(io.BytesIO(encode_jpeg(out.pixels, 85)))
+    assert image.format == "JPEG" and image.size == (size, size)
+    assert set(out.timings) == {"text_encode_ms", "denoise_ms", "decode_ms"}
+
+
+def test_same_seed_same_picture_other_seed_other_picture(engine: Engine) -> None:
+    a = engine.render(req(seed=7)).pixels
+    assert np.array_equal(a, engine.render(req(seed=7)).pixels)
+    assert not np.array_equal(a, engine.render(req(seed=8)).pixels)
+    # A different prompt on the same seed starts from the same noise.
+    assert not np.array_equal(a, engine.render(req("a blue square", seed=7)).pixels)
+
+
+def test_only_changed_prompts_run_the_text_encoder(engine: Engine) -> None:
+    calls: list[int] = []
+    hook = engine.c.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = engine.render(req("a prompt only this test uses"))
+        again = engine.render(req("a prompt only this test uses", seed=99))
+        changed = engine.render(req("a prompt only this test uses!"))
+    finally:
+        hook.remove()
+    assert (first.prompt_cache_hit, again.prompt_cache_hit, changed.prompt_cache_hit) == (
+        False, True, False)
+    assert len(calls) == 2
+
+
+def test_prompt_cache_is_bounded() -> None:
+    from promptcast.engine.prompt_cache import LRUCache
+
+    cache: LRUCache[int] = LRUCache(2)
+    for key in "abac":  # "c" evicts "b", the least recently used
+        cache.get_or_compute(key, lambda: 1)
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (1, 3)
+    assert cache.get_or_compute("a", lambda: 2) == (1, True)
+    assert cache.get_or_compute("b", lambda: 2) == (2, False)
+
+
+def test_a_user_model_folder_loads_the_same_way(tmp_path: Path) -> None:
+    folder = save_tiny_sd_folder(tmp_path / "my-sd-model")
+    eng = Engine(EngineConfig(model=str(folder), cpu_threads=1))
+    eng.load()
+    assert isinstance(eng.c.vae, AutoencoderKL)
+    # PNDM needs dozens of steps; the engine switches to the turbo recipe.
+    assert isinstance(eng.scheduler, EulerDiscreteScheduler)
+    assert eng.scheduler.config.timestep_spacing == "trailing"
+    assert eng.model_info()["family"] == "turbo"
+    assert eng.limits.default_size == (64, 64)  # sample_size 8 x VAE scale 8
+    out = eng.render(RenderRequest("a cat", 3, 1, 64, 64))
+    assert out.pixels.shape == (64, 64, 3)
+
+
+def test_configured_sizes_must_suit_the_unet(tmp_path: Path) -> None:
+    eng = Engine(EngineConfig(sizes=((72, 72),), size=(72, 72)))
+    with pytest.raises(ModelLoadError, match="multiples of 16"):
+        eng.load()
+
+
+def test_not_a_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
+        Engine(EngineConfig(model=str(tmp_path))).load()
+
+
+def test_engine_errors_leave_the_engine_usable(engine: Engine) -> None:
+    def fail(*_: object) -> None:
+        raise RuntimeError("simulated device fault")
+
+    hook = engine.c.unet.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            engine.render(req("a prompt that fails"))
+    finally:
+        hook.remove()
+    assert engine.render(req("a prompt that fails")).pixels.shape == (128, 128, 3)
+
+
+def _hub_cache_with(model: Path, root: Path, repo: str) -> Path:
+    """Lay `model` out as the Hugging Face cache holds a downloaded repository."""
+    org, name = repo.split("/")
+    repo_dir = root / f"models--{org}--{name}"
+    commit = "0" * 40
+    shutil.copytree(model, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_hub_id_loads_offline_from_a_populated_cache(tmp_path: Path) -> None:
+    cache = _hub_cache_with(EMBEDDED_MODEL, tmp_path / "hub", "promptcast/tiny-test")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    code = textwrap.dedent(
+        """
+        import torch; torch.set_num_threads(1)
+        from promptcast.config import EngineConfig
+        from promptcast.core.scheduler import RenderRequest
+        from promptcast.engine.pipeline import Engine
+        e = Engine(EngineConfig(model="promptcast/tiny-test"))
+        e.load()
+        print(e.render(RenderRequest("a cat", 1, 1, 64, 64)).pixels.shape)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("(64, 64, 3)")
+
+
+def test_unknown_hub_id_offline_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    code = textwrap.dedent(
+        """
+        from promptcast.engine.model_index import ModelLoadError, read_model_index
+        try:
+            read_model_index("nobody/no-such-model")
+        except ModelLoadError as exc:
+            print(exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "nobody/no-such-model" in out.stdout and "huggingface-cli download" in out.stdout
+
+
+def test_prompt_longer_than_the_encoder_takes_is_truncated(engine: Engine) -> None:
+    out = engine.render(req(" ".join(["word"] * 200)))
+    assert out.pixels.shape == (128, 128, 3)
+
+

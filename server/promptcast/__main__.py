@@ -1,0 +1,3 @@
+from promptcast.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""create_app(config, engine): the ASGI application with its routes and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from promptcast.config import Config
+from promptcast.engine.pipeline import Engine
+from promptcast.runtime.metrics import Metrics
+from promptcast.runtime.runtime import Runtime
+from promptcast.transport.websocket import websocket_endpoint
+
+
+def create_app(
+    config: Config,
+    engine: Engine,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> Starlette:
+    """The app. `engine` may be loaded already (tests share one); if not, the lifespan
+    loads it in the background. `on_failure` is called if loading fails."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = Runtime(config, engine, metrics)
+        app.state.runtime = runtime
+        runtime.start(on_failure)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        if runtime.ready:
+            return JSONResponse({"status": "ready", "model": runtime.engine.model_info()})
+        if runtime.failure is not None:
+            return JSONResponse({"status": "failed", "error": str(runtime.failure)}, 503)
+        return JSONResponse({"status": "loading"}, 503)
+
+    async def metrics_route(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_route),
+            WebSocketRoute("/ws", websocket_endpoint),
+        ],
+        lifespan=lifespan,
+    )

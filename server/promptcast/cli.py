@@ -1,0 +1,172 @@
+"""`promptcast serve | bench`. Every option has an environment-variable twin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from promptcast import __version__
+from promptcast.config import Config, EngineConfig
+from promptcast.engine.model_index import EMBEDDED_MODEL, ModelLoadError, read_model_index
+from promptcast.options import Options, parse_size, parse_sizes, port_number, positive_int
+
+log = logging.getLogger("promptcast")
+
+# Messages larger than this are refused by the WebSocket layer itself with close code 1009:
+# past the protocol's own --max-message-bytes (answered with an error), this is abuse.
+TRANSPORT_MAX_BYTES = 1 << 20
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the server",
+        description="Serve prompt-as-you-type image generation over WebSocket at /ws.",
+    )
+    o = Options(p)
+    o.add("--host", "PROMPTCAST_HOST", "127.0.0.1", "address to listen on")
+    o.add("--port", "PROMPTCAST_PORT", 8000, "port to listen on", type=port_number)
+    o.add("--model", "PROMPTCAST_MODEL", None,
+          "diffusers-format Stable Diffusion folder or Hugging Face hub id "
+          "(default: the embedded tiny model, no download)")
+    o.add("--device", "PROMPTCAST_DEVICE", "auto", "where the model runs: auto, cpu, cuda or cuda:N")
+    o.add("--dtype", "PROMPTCAST_DTYPE", "auto", "weights dtype (auto: float16 on GPU, float32 on CPU)",
+          choices=["auto", "float32", "float16", "bfloat16"])
+    o.add("--steps", "PROMPTCAST_STEPS", None,
+          "default denoising steps (default: the model family's, 2 for LCM, 1 for turbo)",
+          type=positive_int)
+    o.add("--max-steps", "PROMPTCAST_MAX_STEPS", None,
+          "most steps a client may ask for (default: 8 for LCM, 4 for turbo)", type=positive_int)
+    o.add("--size", "PROMPTCAST_SIZE", None, "default image size WxH (default: the model's native size)",
+          type=parse_size)
+    o.add("--sizes", "PROMPTCAST_SIZES", (),
+          "comma-separated sizes clients may ask for, e.g. 256x256,512x512 "
+          "(default: half, once and twice the native size)", type=parse_sizes)
+    o.add("--prompt-cache-size", "PROMPTCAST_PROMPT_CACHE_SIZE", 256,
+          "prompt embeddings kept in the LRU cache", type=positive_int)
+    o.add("--cpu-threads", "PROMPTCAST_CPU_THREADS", 1,
+          "torch threads when running on the CPU; 1 is fastest for the tiny default model, "
+          "0 leaves torch's default", type=int)
+    o.add("--max-message-bytes", "PROMPTCAST_MAX_MESSAGE_BYTES", 16 * 1024,
+          "largest client message answered normally; larger ones get a too_large error",
+          type=positive_int)
+    o.add("--max-prompt-chars", "PROMPTCAST_MAX_PROMPT_CHARS", 1000, "longest prompt text accepted",
+          type=positive_int)
+    o.add("--max-sessions", "PROMPTCAST_MAX_SESSIONS", 64, "most clients connected at once",
+          type=positive_int)
+    o.add("--jpeg-quality", "PROMPTCAST_JPEG_QUALITY", 85, "JPEG quality of frames, 1-95",
+          type=positive_int)
+    o.add("--log-level", "PROMPTCAST_LOG_LEVEL", "info", "log level",
+          choices=["debug", "info", "warning", "error"])
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        engine=EngineConfig(
+            model=args.model or str(EMBEDDED_MODEL),
+            device=args.device,
+            dtype=args.dtype,
+            steps=args.steps,
+            max_steps=args.max_steps,
+            sizes=args.sizes,
+            size=args.size,
+            prompt_cache_size=args.prompt_cache_size,
+            cpu_threads=args.cpu_threads,
+        ),
+        host=args.host,
+        port=args.port,
+        max_message_bytes=args.max_message_bytes,
+        max_prompt_chars=args.max_prompt_chars,
+        max_sessions=args.max_sessions,
+        jpeg_quality=min(args.jpeg_quality, 95),
+        log_level=args.log_level,
+    )
+
+
+def uvicorn_config(app: Any, config: Config) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=config.host, port=config.port, lifespan="on", log_level=config.log_level,
+        ws_max_size=max(TRANSPORT_MAX_BYTES, 4 * config.max_message_bytes),
+        # Frames are JPEG (incompressible) and prompts are tiny; compression would only add
+        # CPU time and a decompression-bomb surface.
+        ws_per_message_deflate=False,
+    )
+
+
+async def serve(config: Config) -> int:
+    import uvicorn
+
+    from promptcast.app import create_app
+    from promptcast.engine.pipeline import Engine
+
+    failed: list[BaseException] = []
+
+    def on_failure(exc: BaseException) -> None:
+        failed.append(exc)
+        server.should_exit = True
+
+    app = create_app(config, Engine(config.engine), on_failure)
+    server = uvicorn.Server(uvicorn_config(app, config))
+    log.info("promptcast %s: model %s, http://%s:%d", __version__, config.engine.model,
+             config.host, config.port)
+    await server.serve()
+    if failed:
+        print(f"promptcast: error: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def quiet_model_libraries() -> None:
+    """Loading progress bars and diffusers' notes about component types are noise in a server
+    log (the embedded model's tiny autoencoder triggers two); --log-level debug keeps them."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if config.log_level != "debug":
+        quiet_model_libraries()
+    try:
+        read_model_index(config.engine.model)  # fail fast, with a clear message
+    except ModelLoadError as exc:
+        print(f"promptcast: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from promptcast import bench
+
+    parser = argparse.ArgumentParser(
+        prog="promptcast",
+        description="Real-time text-to-image server: type a prompt, watch the picture follow.",
+    )
+    parser.add_argument("--version", action="version", version=f"promptcast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    bench.add_parser(sub)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": cmd_serve}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from promptcast import bench
+
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS.get(args.command) or bench.run_from_args
+    sys.exit(handler(args))

@@ -1,0 +1,53 @@
+"""Command-line option helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        size = int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512x512") from None
+    if min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be positive")
+    return size
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(parse_size(part) for part in text.split(",") if part.strip())
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number")
+    return value
+
+
+class Options:
+    """Adds options whose default comes from an environment variable, and says so in --help."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add(self, flag: str, env: str, default: Any, help: str, **kw: Any) -> None:
+        value = os.environ.get(env)
+        shown = "" if default in (None, "", ()) else f" (default: {default})"
+        # argparse runs `type` on string defaults, so a bad environment value is reported
+        # exactly like a bad command-line value.
+        self.parser.add_argument(
+            flag, default=default if value is None else value,
+            help=f"{help}{shown} [env: {env}]", **kw,
+        )

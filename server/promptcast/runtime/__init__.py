@@ -1,0 +1,1 @@
+"""The bridge between the event loop (transports, sessions, scheduling) and the engine thread."""

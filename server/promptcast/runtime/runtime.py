@@ -1,0 +1,268 @@
+"""The loop that feeds the engine from the scheduler and hands frames to the transports.
+
+Everything here runs on the event loop except engine calls (on the engine thread) and JPEG
+encoding (on a helper thread, so the engine can start the next frame meanwhile). The core
+objects (sessions, scheduler, frame slots) are only touched from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from promptcast import __version__
+from promptcast.config import Config
+from promptcast.core.limits import SEED_MAX, Limits
+from promptcast.core.messages import (
+    ErrorCode,
+    ErrorMessage,
+    FrameHeader,
+    Hello,
+    ServerMessage,
+    serialise,
+)
+from promptcast.core.outbox import FrameDropReason, FrameSlot
+from promptcast.core.scheduler import Job, Scheduler
+from promptcast.core.session import Reply, Session, Submit
+from promptcast.engine.image import encode_jpeg
+from promptcast.engine.pipeline import Engine, Rendered
+from promptcast.runtime.metrics import Metrics
+from promptcast.runtime.worker import EngineThread
+
+log = logging.getLogger(__name__)
+
+# Control messages (errors, notices) a client has not read yet. A client that floods bad
+# input and never reads must not grow server memory; the oldest notices go first.
+CONTROL_BACKLOG = 64
+
+
+class ServerFull(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    seq: int
+    job: Job
+    jpeg: bytes
+    timings: dict[str, float]  # ms, everything but the total
+
+
+class Connection:
+    """One client as the runtime sees it: its core session plus what waits to be sent."""
+
+    def __init__(self, session: Session, frame_drops: Counter[str]) -> None:
+        self.session = session
+        self.frames: FrameSlot[EncodedFrame] = FrameSlot(frame_drops)
+        self.control: deque[ServerMessage] = deque(maxlen=CONTROL_BACKLOG)
+        self.closed = False
+        self._wake = asyncio.Event()
+
+    def send(self, message: ServerMessage) -> None:
+        self.control.append(message)
+        self._wake.set()
+
+    def offer_frame(self, frame: EncodedFrame) -> None:
+        self.frames.put(frame)
+        self._wake.set()
+
+    async def next_outgoing(self) -> ServerMessage | EncodedFrame:
+        """The next thing to send: control messages first, then the newest frame."""
+        while True:
+            if self.control:
+                return self.control.popleft()
+            frame = self.frames.take()
+            if frame is not None:
+                return frame
+            self._wake.clear()
+            await self._wake.wait()
+
+
+class Runtime:
+    def __init__(self, config: Config, engine: Engine, metrics: Metrics) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.scheduler = Scheduler()
+        self.frame_drops: Counter[str] = Counter()
+        self.connections: dict[str, Connection] = {}
+        self.ready = False
+        self.limits: Limits | None = None  # set once the model is loaded
+        self.failure: BaseException | None = None
+        self._thread = EngineThread()
+        self._work = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started: asyncio.Task[None] | None = None
+        metrics.watch(self._snapshot)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, on_failure: Callable[[BaseException], None] | None = None) -> None:
+        """Load and warm the model in the background; /readyz turns ready when done.
+
+        /healthz answers meanwhile. If loading fails, /readyz reports why and `on_failure`
+        is called (the CLI uses it to exit, so a supervisor sees the failure).
+        """
+        self._started = asyncio.create_task(self._load_then_dispatch(on_failure))
+
+    async def _load_then_dispatch(
+        self, on_failure: Callable[[BaseException], None] | None
+    ) -> None:
+        try:
+            await self._thread.run(self.engine.load)
+            await self._thread.run(self.engine.warm_up)
+        except Exception as exc:
+            self.failure = exc
+            log.error("model failed to load: %s", exc)
+            if on_failure is not None:
+                on_failure(exc)
+            return
+        # The engine knows what the model can render; the config caps what a message may carry.
+        self.limits = dataclasses.replace(
+            self.engine.limits,
+            max_message_bytes=self.config.max_message_bytes,
+            max_prompt_chars=self.config.max_prompt_chars,
+        )
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: sizes %s, steps %s", self.engine.limits.sizes, self.engine.limits.steps)
+        await self._dispatch()
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._started is not None:
+            self._started.cancel()
+            await asyncio.gather(self._started, return_exceptions=True)
+        await asyncio.to_thread(self._thread.shutdown)
+
+    # ------------------------------------------------------------ sessions
+
+    def open_session(self) -> Connection:
+        if len(self.connections) >= self.config.max_sessions:
+            raise ServerFull(f"the server is at its limit of {self.config.max_sessions} sessions")
+        limits = self.limits
+        assert limits is not None, "open_session() before the runtime is ready"
+        session_id = secrets.token_hex(4)
+        while session_id in self.connections:
+            session_id = secrets.token_hex(4)
+        session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1))
+        conn = Connection(session, self.frame_drops)
+        self.connections[session_id] = conn
+        conn.send(
+            Hello(session_id, session.seed, self.engine.model_info(), limits,
+                  server=f"promptcast/{__version__}")
+        )
+        return conn
+
+    def close_session(self, conn: Connection) -> None:
+        conn.closed = True
+        conn.frames.close()
+        self.scheduler.remove_session(conn.session.id)
+        self.connections.pop(conn.session.id, None)
+
+    def on_text(self, conn: Connection, raw: str) -> None:
+        for action in conn.session.receive_text(raw, time.monotonic()):
+            if isinstance(action, Submit):
+                self.metrics.prompts.inc()
+                self.scheduler.submit(action.job)
+                self._work.set()
+            else:
+                self._reply(conn, action)
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        for action in conn.session.receive_binary(len(data)):
+            if isinstance(action, Reply):
+                self._reply(conn, action)
+
+    def _reply(self, conn: Connection, action: Reply) -> None:
+        message = action.message
+        if isinstance(message, ErrorMessage):
+            self.metrics.rejected.labels(message.code).inc()
+            log.info("session %s: rejected message: %s", conn.session.id, message.message)
+        else:
+            self.metrics.unchanged.inc()
+        conn.send(message)
+
+    def frame_message(self, frame: EncodedFrame) -> tuple[str, bytes]:
+        """The header and image to send for `frame`; called by the transport just before sending."""
+        total = time.monotonic() - frame.job.received_at
+        self.metrics.sent.inc()
+        self.metrics.latency.observe(total)
+        req = frame.job.request
+        header = FrameHeader(
+            seq=frame.seq, width=req.width, height=req.height, seed=req.seed, steps=req.steps,
+            format="jpeg", timings={"total_ms": total * 1e3, **frame.timings},
+        )
+        return serialise(header), frame.jpeg
+
+    # ------------------------------------------------------------ the engine loop
+
+    async def _dispatch(self) -> None:
+        # One job at a time goes to the engine, and only when the engine is free: there is
+        # never a queue in front of the GPU, so the newest prompt is what runs next.
+        while True:
+            job = self.scheduler.next_job()
+            if job is None:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            started = time.monotonic()
+            try:
+                rendered = await self._thread.run(self.engine.render, job.request)
+            except Exception as exc:
+                self.scheduler.finish(job)
+                self._render_failed(job, exc)
+                continue
+            self.scheduler.finish(job)
+            self.metrics.rendered.inc()
+            self._spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+
+    def _render_failed(self, job: Job, exc: Exception) -> None:
+        self.metrics.engine_errors.inc()
+        log.exception("session %s: render of seq %d failed", job.session_id, job.seq, exc_info=exc)
+        conn = self.connections.get(job.session_id)
+        if conn is not None:
+            conn.session.render_failed(job)
+            conn.send(
+                ErrorMessage(ErrorCode.ENGINE_ERROR, f"rendering failed: {type(exc).__name__}",
+                             job.seq)
+            )
+
+    async def _deliver(self, job: Job, rendered: Rendered, queue_s: float) -> None:
+        conn = self.connections.get(job.session_id)
+        if conn is None:
+            self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
+            return
+        t0 = time.monotonic()
+        jpeg = await asyncio.to_thread(encode_jpeg, rendered.pixels, self.config.jpeg_quality)
+        encode_s = time.monotonic() - t0
+        timings = {"queue_ms": queue_s * 1e3, **rendered.timings, "encode_ms": encode_s * 1e3}
+        for stage, ms in timings.items():
+            self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
+        if conn.closed:
+            self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
+            return
+        conn.offer_frame(EncodedFrame(job.seq, job, jpeg, timings))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _snapshot(self) -> dict[str, object]:
+        return {
+            "jobs_dropped": self.scheduler.dropped,
+            "frames_dropped": self.frame_drops,
+            "prompt_cache_hits": self.engine.prompt_cache.hits,
+            "prompt_cache_misses": self.engine.prompt_cache.misses,
+            "sessions": len(self.connections),
+            "pending": self.scheduler.pending,
+        }

@@ -1,0 +1,1 @@
+"""Adapters between network protocols and the runtime. They translate; they decide nothing."""

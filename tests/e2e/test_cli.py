@@ -1,0 +1,116 @@
+"""`promptcast serve` and `promptcast bench` as a user runs them, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from promptcast.bench import free_port
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def promptcast(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "promptcast", *args], env=env or ENV, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw,  # type: ignore[call-overload]
+    )
+
+
+def wait_ready(port: int, proc: subprocess.Popen[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server never became ready")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_port()
+    # The port comes from the environment twin of --port.
+    proc = promptcast("serve", env={**ENV, "PROMPTCAST_PORT": str(port)})
+    try:
+        wait_ready(port, proc)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_renders_and_stops_cleanly_on_sigterm(served: tuple[int, subprocess.Popen[str]]) -> None:
+    port, proc = served
+    code = (
+        "import asyncio, json\n"
+        "from websockets.asyncio.client import connect\n"
+        "async def main():\n"
+        f"    async with connect('ws://127.0.0.1:{port}/ws') as ws:\n"
+        "        hello = json.loads(await ws.recv())\n"
+        "        await ws.send(json.dumps({'type': 'prompt', 'seq': 1, 'text': 'a red circle'}))\n"
+        "        header = json.loads(await ws.recv()); image = await ws.recv()\n"
+        "        print(hello['model']['name'], header['seq'], image[:2].hex())\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert out.stdout.strip() == "promptcast-tiny (random weights) 1 ffd8"  # a JPEG
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, so a supervisor
+    # sees the process end by SIGTERM as it asked.
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+    log = proc.stdout.read() if proc.stdout else ""
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
+
+
+def test_serve_with_a_missing_model_says_so_and_exits(tmp_path: Path) -> None:
+    proc = promptcast("serve", "--model", str(tmp_path / "nothing-here"),
+                      env={**ENV, "HF_HUB_OFFLINE": "1"})
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "promptcast: error:" in out and "nothing-here" in out
+    assert "Traceback" not in out
+
+
+def test_bad_environment_value_is_reported_like_a_bad_flag() -> None:
+    proc = promptcast("serve", env={**ENV, "PROMPTCAST_PORT": "eighty"})
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "--port" in out and "eighty" in out
+
+
+def test_help_names_every_environment_twin() -> None:
+    out = subprocess.run([sys.executable, "-m", "promptcast", "serve", "--help"],
+                         capture_output=True, text=True, check=True,
+                         env={**ENV, "COLUMNS": "200"}).stdout
+    for flag in ("--host", "--port", "--model", "--device", "--steps", "--sizes",
+                 "--prompt-cache-size", "--max-message-bytes", "--max-sessions"):
+        env = "PROMPTCAST_" + flag[2:].upper().replace("-", "_")
+        assert flag in out and f"[env: {env}]" in out, flag
+
+
+def test_bench_against_a_server_it_starts(tmp_path: Path) -> None:
+    report_file = tmp_path / "report.json"
+    proc = promptcast("bench", "--typists", "2", "--cps", "15", "--duration", "3",
+                      "--size", "64x64", "--json", str(report_file))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    report = json.loads(report_file.read_text())
+    assert report["typists"] == 2 and report["updates"] >= 80
+    assert 0 < report["frames"] <= report["updates"]
+    assert report["last_keystroke_shown"] is True
+    assert report["keystroke_to_picture_ms"]["p50"] > 0
+    assert "keystroke-to-picture ms: p50" in out

@@ -1,0 +1,242 @@
+"""The /ws protocol against a real uvicorn on 127.0.0.1 and a real websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from PIL import Image
+from websockets.exceptions import ConnectionClosed
+
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.pipeline import Engine, Rendered
+
+from ..conftest import Server, connect, frames_until, recv_json, run_server
+
+
+def prompt(seq: int, text: str, **extra: Any) -> str:
+    return json.dumps({"type": "prompt", "seq": seq, "text": text, **extra})
+
+
+async def http_get(url: str) -> tuple[int, str]:
+    """GET from a thread: the server under test runs on this test's event loop."""
+    return await asyncio.to_thread(_get, url)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def test_hello_describes_protocol_model_and_limits(server: Server) -> None:
+    ws, hello = await connect(server.ws_url)
+    await ws.close()
+    assert hello["protocol"] == 1
+    assert isinstance(hello["session"]["id"], str) and 0 <= hello["session"]["seed"] < 2**32
+    model = hello["model"]
+    assert model["family"] == "lcm" and model["scheduler"] == "LCMScheduler"
+    assert model["timesteps"]["2"] == [999, 499]
+    assert model["steps"] == {"default": 2, "allowed": [1, 2, 3, 4, 5, 6, 7, 8]}
+    assert model["sizes"]["default"] == [128, 128]
+    assert [64, 64] in model["sizes"]["allowed"]
+    assert hello["limits"]["max_message_bytes"] == 16384
+
+
+async def test_frame_is_a_header_then_a_jpeg_of_the_requested_size(server: Server) -> None:
+    ws, hello = await connect(server.ws_url)
+    await ws.send(prompt(1, "a red circle", width=64, height=64, steps=1))
+    [(header, image)] = await frames_until(ws, 1)
+    await ws.close()
+    assert header["seq"] == 1 and (header["width"], header["height"]) == (64, 64)
+    assert header["format"] == "jpeg" and header["seed"] == hello["session"]["seed"]
+    assert header["steps"] == 1
+    timings = header["timings"]
+    for stage in ("total_ms", "queue_ms", "text_encode_ms", "denoise_ms", "decode_ms", "encode_ms"):
+        assert timings[stage] >= 0, stage
+    assert timings["total_ms"] >= timings["denoise_ms"]
+    img = Image.open(io.BytesIO(image))
+    assert img.format == "JPEG" and img.size == (64, 64)
+
+
+async def test_a_burst_ends_with_the_last_seq_and_far_fewer_frames(server: Server) -> None:
+    ws, _ = await connect(server.ws_url)
+    text = "a lighthouse on a cliff above a stormy sea"
+    n = 36
+    for seq in range(1, n + 1):  # 36 keystrokes within about 100 ms
+        await ws.send(prompt(seq, text[:seq]))
+        await asyncio.sleep(0.0028)
+    frames = await frames_until(ws, n)
+    await ws.close()
+    seqs = [h["seq"] for h, _ in frames]
+    assert seqs[-1] == n
+    assert seqs == sorted(seqs)
+    assert len(frames) <= n // 3, seqs
+    _status, metrics = await http_get(server.http_url + "/metrics")
+    assert 'promptcast_jobs_dropped_total{reason="superseded"}' in metrics
+
+
+async def test_two_clients_typing_at_once_both_get_their_frames(server: Server) -> None:
+    (a, _), (b, _) = await connect(server.ws_url), await connect(server.ws_url)
+
+    async def type_and_collect(ws: Any, text: str) -> list[int]:
+        for seq in range(1, len(text) + 1):
+            await ws.send(prompt(seq, text[:seq], width=64, height=64))
+            await asyncio.sleep(0.004)
+        return [h["seq"] for h, _ in await frames_until(ws, len(text))]
+
+    got_a, got_b = await asyncio.gather(
+        type_and_collect(a, "a red fox in the snow"), type_and_collect(b, "a blue whale at sea")
+    )
+    await a.close()
+    await b.close()
+    assert got_a[-1] == len("a red fox in the snow")
+    assert got_b[-1] == len("a blue whale at sea")
+    # Neither waited for the other to stop typing: both saw pictures along the way.
+    assert len(got_a) >= 2 and len(got_b) >= 2
+
+
+BAD_INPUTS = [
+    ("not json", "bad_json", None),
+    ("[1, 2, 3]", "bad_json", None),
+    ('{"type": "dance"}', "unknown_type", None),
+    ("{}", "missing_field", None),
+    ('{"type": "prompt", "text": "a"}', "missing_field", None),
+    ('{"type": "prompt", "seq": 1}', "missing_field", 1),
+    ('{"type": "prompt", "seq": "one", "text": "a"}', "bad_type", None),
+    ('{"type": "prompt", "seq": 1, "text": ["a"]}', "bad_type", 1),
+    ('{"type": "prompt", "seq": 1, "text": "a", "steps": 1000}', "out_of_range", 1),
+    ('{"type": "prompt", "seq": 1, "text": "a", "width": 100, "height": 100}', "out_of_range", 1),
+    ('{"type": "prompt", "seq": 1, "text": "a", "seed": -1}', "out_of_range", 1),
+    (b"\x89PNG\r\n", "binary_unexpected", None),
+    (json.dumps({"type": "prompt", "seq": 1, "text": "a" * 20000}), "too_large", None),
+]
+
+
+async def test_every_kind_of_bad_input_gets_a_named_error_and_the_connection_stays(
+    server: Server,
+) -> None:
+    ws, _ = await connect(server.ws_url)
+    for raw, code, seq in BAD_INPUTS:
+        await ws.send(raw)
+        err = await recv_json(ws)
+        assert err["type"] == "error" and err["code"] == code, (raw[:40], err)
+        assert err["message"]
+        assert err.get("seq") == seq
+    # After all that, the same connection still renders.
+    await ws.send(prompt(1, "still here", width=64, height=64))
+    frames = await frames_until(ws, 1)
+    assert frames[-1][0]["seq"] == 1
+    # seq must increase
+    await ws.send(prompt(1, "again"))
+    err = await recv_json(ws)
+    assert (err["code"], err["seq"]) == ("stale_seq", 1)
+    await ws.close()
+    _status, metrics = await http_get(server.http_url + "/metrics")
+    assert 'promptcast_messages_rejected_total{code="bad_json"} 2.0' in metrics
+
+
+async def test_an_identical_update_renders_nothing_new(server: Server) -> None:
+    ws, _ = await connect(server.ws_url)
+    await ws.send(prompt(1, "a cat", width=64, height=64))
+    await frames_until(ws, 1)
+    await ws.send(prompt(2, "a cat"))
+    assert await recv_json(ws) == {"type": "unchanged", "seq": 2, "same_as": 1}
+    await ws.send(prompt(3, "a cat", seed=12345))  # another seed is another picture
+    assert (await frames_until(ws, 3))[-1][0]["seed"] == 12345
+    await ws.close()
+
+
+async def test_abusive_message_closes_only_that_connection(server: Server) -> None:
+    ws, _ = await connect(server.ws_url)
+    other, _ = await connect(server.ws_url)
+    await ws.send("x" * (2 << 20))  # past the transport's hard limit
+    with pytest.raises(ConnectionClosed) as info:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    await other.send(prompt(1, "unaffected", width=64, height=64))
+    assert (await frames_until(other, 1))[-1][0]["seq"] == 1
+    await other.close()
+
+
+async def test_client_vanishing_mid_render_harms_nobody(server: Server) -> None:
+    ws, _ = await connect(server.ws_url)
+    await ws.send(prompt(1, "going away", width=256, height=256, steps=8))
+    await ws.close()
+    other, _ = await connect(server.ws_url)
+    await other.send(prompt(1, "still working", width=64, height=64))
+    assert (await frames_until(other, 1))[-1][0]["seq"] == 1
+    await other.close()
+    for _ in range(100):
+        if not server.runtime.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert server.runtime.connections == {}
+
+
+async def test_health_ready_and_metrics(server: Server) -> None:
+    assert await http_get(server.http_url + "/healthz") == (200, '{"status":"alive"}')
+    status, body = await http_get(server.http_url + "/readyz")
+    assert status == 200 and json.loads(body)["status"] == "ready"
+    ws, _ = await connect(server.ws_url)
+    await ws.send(prompt(1, "metrics", width=64, height=64))
+    await frames_until(ws, 1)
+    status, metrics = await http_get(server.http_url + "/metrics")
+    await ws.close()
+    assert status == 200
+    for name in (
+        "promptcast_prompts_received_total 1.0",
+        "promptcast_frames_sent_total 1.0",
+        "promptcast_keystroke_to_frame_seconds_bucket",
+        'promptcast_stage_seconds_count{stage="denoise"} 1.0',
+        "promptcast_sessions 1.0",
+        "promptcast_prompt_cache_misses_total",
+        "promptcast_ready 1.0",
+    ):
+        assert name in metrics, name
+
+
+async def test_server_full_refuses_with_try_again_later(engine: Engine) -> None:
+    async with run_server(engine, max_sessions=1) as srv:
+        first, _ = await connect(srv.ws_url)
+        from websockets.asyncio.client import connect as ws_connect
+
+        second = await ws_connect(srv.ws_url)
+        err = await recv_json(second)
+        assert err["code"] == "server_full"
+        with pytest.raises(ConnectionClosed) as info:
+            await second.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+        await first.close()
+
+
+class FlakyEngine(Engine):
+    """The real engine, failing on one prompt: a fake for a device fault."""
+
+    def render(self, req: RenderRequest) -> Rendered:
+        if req.text == "boom":
+            raise RuntimeError("simulated device fault")
+        return super().render(req)
+
+
+async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine: Engine) -> None:
+    flaky = FlakyEngine(engine.config)
+    flaky.__dict__.update(engine.__dict__)  # share the loaded model
+    async with run_server(flaky) as srv:
+        ws, _ = await connect(srv.ws_url)
+        other, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "boom"))
+        err = await recv_json(ws)
+        assert (err["type"], err["code"], err["seq"]) == ("error", "engine_error", 1)
+        await other.send(prompt(1, "fine", width=64, height=64))
+        assert (await frames_until(other, 1))[-1][0]["seq"] == 1
+        await ws.send(prompt(2, "after the fault", width=64, height=64))
+        assert (await frames_until(ws, 2))[-1][0]["seq"] == 2
+        await ws.close()
+        await other.close()

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptcast",
         description="Real-time text-to-image server: type a prompt, watch the picture follow.",
+        epilog="Each command documents its options: `promptcast serve --help`, "
+        "`promptcast bench --help`. Every option has an environment-variable twin, "
+        "named in its help (--port: PROMPTCAST_PORT).",
     )
     parser.add_argument("--version", action="version", version=f"promptcast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,6 +1,18 @@
 """Shared fixtures: one loaded embedded engine, and real uvicorn servers on 127.0.0.1."""
+# ruff: noqa: E402  (the environment must be set before the imports below)
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Tests never touch the network. huggingface_hub and diffusers read these when imported, so
+# they are set before anything imports them; the cache is filled by the `hub_cache` fixture.
+os.environ["HF_HUB_OFFLINE"] = "1"
+HUB_CACHE = Path(tempfile.mkdtemp(prefix="promptcast-hub-cache-"))
+os.environ["HF_HUB_CACHE"] = str(HUB_CACHE)
 
 import asyncio
 import contextlib
@@ -19,6 +31,20 @@ except ImportError:  # the core tests run without torch
 else:
     # Two threads on a shared 2-core machine ran the tiny models 80-120x slower than one.
     torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(HUB_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    """The Hugging Face cache, holding tiny models under the real repo ids of every preset."""
+    from tests.engine.hub_fixtures import build_hub_cache
+
+    if not (HUB_CACHE / "models--madebyollin--taesd").exists():
+        build_hub_cache(HUB_CACHE)
+    return HUB_CACHE
 
 
 @pytest.fixture(scope="session")

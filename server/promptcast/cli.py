@@ -11,7 +11,8 @@ from typing import Any
 
 from promptcast import __version__
 from promptcast.config import Config, EngineConfig
-from promptcast.engine.model_index import EMBEDDED_MODEL, ModelLoadError, read_model_index
+from promptcast.engine.model_index import ModelLoadError, read_model_index
+from promptcast.engine.presets import PRESETS, fetch_hint
 from promptcast.options import Options, parse_size, parse_sizes, port_number, positive_int
 
 log = logging.getLogger("promptcast")
@@ -19,6 +20,26 @@ log = logging.getLogger("promptcast")
 # Messages larger than this are refused by the WebSocket layer itself with close code 1009:
 # past the protocol's own --max-message-bytes (answered with an error), this is abuse.
 TRANSPORT_MAX_BYTES = 1 << 20
+
+
+def _model_options(o: Options) -> None:
+    """What to load: shared by `serve` and `download`."""
+    o.add("--preset", "PROMPTCAST_PRESET", None,
+          "model family with its model-card settings: "
+          + "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
+          + " (default: tiny, or inferred from --model)", choices=list(PRESETS), metavar="NAME")
+    o.add("--model", "PROMPTCAST_MODEL", None,
+          "diffusers-format Stable Diffusion / SDXL folder or Hugging Face hub id, replacing the "
+          "preset's base model (default: the preset's; for no preset the embedded tiny model)")
+    o.add("--steps", "PROMPTCAST_STEPS", None,
+          "default denoising steps; for sdxl-lightning, which checkpoint (1, 2, 4 or 8) "
+          "(default: the preset's)", type=positive_int)
+    o.flag("--lora", "PROMPTCAST_LORA",
+           "sdxl-lightning: fuse the Lightning LoRA into SDXL base instead of loading its UNet")
+    o.add("--vae", "PROMPTCAST_VAE", None,
+          "decoder folder or hub id (tiny or full autoencoder) replacing the preset's")
+    o.flag("--full-vae", "PROMPTCAST_FULL_VAE",
+           "decode with the model's full autoencoder instead of the tiny one (slower)")
 
 
 def _serve_parser(sub: Any) -> None:
@@ -29,15 +50,13 @@ def _serve_parser(sub: Any) -> None:
     o = Options(p)
     o.add("--host", "PROMPTCAST_HOST", "127.0.0.1", "address to listen on")
     o.add("--port", "PROMPTCAST_PORT", 8000, "port to listen on", type=port_number)
-    o.add("--model", "PROMPTCAST_MODEL", None,
-          "diffusers-format Stable Diffusion folder or Hugging Face hub id "
-          "(default: the embedded tiny model, no download)")
+    _model_options(o)
     o.add("--device", "PROMPTCAST_DEVICE", "auto", "where the model runs: auto, cpu, cuda or cuda:N")
     o.add("--dtype", "PROMPTCAST_DTYPE", "auto", "weights dtype (auto: float16 on GPU, float32 on CPU)",
           choices=["auto", "float32", "float16", "bfloat16"])
-    o.add("--steps", "PROMPTCAST_STEPS", None,
-          "default denoising steps (default: the model family's, 2 for LCM, 1 for turbo)",
-          type=positive_int)
+    o.add("--guidance", "PROMPTCAST_GUIDANCE", None,
+          "guidance scale (default: the preset's; above 1 runs classifier-free guidance unless "
+          "the model embeds the scale, as LCM checkpoints do)", type=float)
     o.add("--max-steps", "PROMPTCAST_MAX_STEPS", None,
           "most steps a client may ask for (default: 8 for LCM, 4 for turbo)", type=positive_int)
     o.add("--size", "PROMPTCAST_SIZE", None, "default image size WxH (default: the model's native size)",
@@ -63,19 +82,22 @@ def _serve_parser(sub: Any) -> None:
           choices=["debug", "info", "warning", "error"])
 
 
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        preset=args.preset, model=args.model, lora=args.lora, vae=args.vae, full_vae=args.full_vae,
+        steps=args.steps,
+        **{
+            name: getattr(args, name)
+            for name in ("device", "dtype", "guidance", "max_steps", "sizes", "size",
+                         "prompt_cache_size", "cpu_threads")
+            if hasattr(args, name)
+        },
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
-        engine=EngineConfig(
-            model=args.model or str(EMBEDDED_MODEL),
-            device=args.device,
-            dtype=args.dtype,
-            steps=args.steps,
-            max_steps=args.max_steps,
-            sizes=args.sizes,
-            size=args.size,
-            prompt_cache_size=args.prompt_cache_size,
-            cpu_threads=args.cpu_threads,
-        ),
+        engine=engine_config_from_args(args),
         host=args.host,
         port=args.port,
         max_message_bytes=args.max_message_bytes,
@@ -112,7 +134,8 @@ async def serve(config: Config) -> int:
 
     app = create_app(config, Engine(config.engine), on_failure)
     server = uvicorn.Server(uvicorn_config(app, config))
-    log.info("promptcast %s: model %s, http://%s:%d", __version__, config.engine.model,
+    log.info("promptcast %s: preset %s, model %s, http://%s:%d", __version__,
+             config.engine.preset or "(default)", config.engine.model or "(preset's)",
              config.host, config.port)
     await server.serve()
     if failed:
@@ -139,12 +162,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if config.log_level != "debug":
         quiet_model_libraries()
+    preset = PRESETS[config.engine.preset or "tiny"]
     try:
-        read_model_index(config.engine.model)  # fail fast, with a clear message
+        # Fail fast, with a clear message, before the server starts.
+        read_model_index(config.engine.model or preset.base or "", fetch_hint(preset, config.engine))
     except ModelLoadError as exc:
         print(f"promptcast: error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config))
+
+
+def _download_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "download", help="fill the Hugging Face cache with a preset's weights",
+        description="Fetch what `promptcast serve` with the same options loads, so that it can "
+        "later run offline (HF_HUB_OFFLINE=1). Needs internet.",
+    )
+    _model_options(Options(p))
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from promptcast.engine.download import download
+
+    try:
+        for path in download(engine_config_from_args(args)):
+            print(path)
+    except ModelLoadError as exc:
+        print(f"promptcast: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,11 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"promptcast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _download_parser(sub)
     bench.add_parser(sub)
     return parser
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": cmd_serve}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "download": cmd_download,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from promptcast.engine.model_index import EMBEDDED_MODEL
-
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str = str(EMBEDDED_MODEL)
+    preset: str | None = None  # a name in engine.presets.PRESETS; None: "tiny", or inferred for --model
+    model: str | None = None  # hub id or folder; None: the preset's base model
+    lora: bool = False  # use the preset's LoRA instead of its UNet checkpoint (sdxl-lightning)
+    vae: str | None = None  # decoder (tiny or full) replacing the preset's
+    full_vae: bool = False  # decode with the model's full autoencoder instead of the tiny one
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16
-    steps: int | None = None  # default steps; None: the model family's default
-    max_steps: int | None = None  # None: the model family's maximum
+    steps: int | None = None  # default steps; None: the preset's default
+    max_steps: int | None = None  # None: the preset's maximum
+    guidance: float | None = None  # None: the preset's
     sizes: tuple[tuple[int, int], ...] = ()  # allowed sizes; (): half, 1x and 2x native
     size: tuple[int, int] | None = None  # default size; None: native
     prompt_cache_size: int = 256

@@ -51,3 +51,11 @@ class Options:
             flag, default=default if value is None else value,
             help=f"{help}{shown} [env: {env}]", **kw,
         )
+
+    def flag(self, flag: str, env: str, help: str) -> None:
+        """An on/off option; its environment twin is on when set to 1, true, yes or on."""
+        value = os.environ.get(env, "").strip().lower()
+        self.parser.add_argument(
+            flag, action="store_true", default=value in ("1", "true", "yes", "on"),
+            help=f"{help} [env: {env}]",
+        )

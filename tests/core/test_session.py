@@ -76,7 +76,7 @@ def test_bad_messages_reply_and_change_nothing() -> None:
     s = Session("s", LIMITS, seed=3)
     err = replied(s.receive_text(prompt(1, "a", steps=99), 0))
     assert isinstance(err, ErrorMessage) and err.code == ErrorCode.OUT_OF_RANGE
-    bin_err = replied(s.receive_binary(10))
+    bin_err = replied(s.receive_binary(b"0123456789", 0))
     assert isinstance(bin_err, ErrorMessage) and bin_err.code == ErrorCode.BINARY_UNEXPECTED
     # A rejected message neither consumes its seq nor changes settings.
     assert submitted(s.receive_text(prompt(1, "a"), 0)) == RenderRequest("a", 3, 2, 128, 128)

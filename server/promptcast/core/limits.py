@@ -16,6 +16,7 @@ class Limits:
     default_steps: int
     max_message_bytes: int = 16 * 1024
     max_prompt_chars: int = 1000
+    max_image_bytes: int = 4 * 1024 * 1024  # one init image (JPEG or PNG) for img2img
 
     def __post_init__(self) -> None:
         if self.default_size not in self.sizes:
@@ -27,6 +28,7 @@ class Limits:
         return {
             "max_message_bytes": self.max_message_bytes,
             "max_prompt_chars": self.max_prompt_chars,
+            "max_image_bytes": self.max_image_bytes,
             "seed_max": SEED_MAX,
             "seq_max": SEQ_MAX,
         }

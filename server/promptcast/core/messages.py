@@ -28,6 +28,8 @@ class ErrorCode:
     BAD_TYPE = "bad_type"
     OUT_OF_RANGE = "out_of_range"
     STALE_SEQ = "stale_seq"
+    IMAGE_MISSING = "image_missing"
+    BAD_IMAGE = "bad_image"
     NOT_READY = "not_ready"
     SERVER_FULL = "server_full"
     ENGINE_ERROR = "engine_error"
@@ -56,9 +58,21 @@ class PromptMessage:
     steps: int | None = None
     width: int | None = None
     height: int | None = None
+    strength: float | None = None
 
 
-ClientMessage = PromptMessage
+@dataclass(frozen=True)
+class ImageMessage:
+    """An init image for img2img follows as the next (binary) message, unless `clear`."""
+
+    seq: int
+    format: str | None  # "jpeg" | "png"; None when clearing
+    clear: bool = False
+    strength: float | None = None
+
+
+ClientMessage = PromptMessage | ImageMessage
+IMAGE_FORMATS = ("jpeg", "png")
 
 
 def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
@@ -79,9 +93,51 @@ def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
         raise ProtocolError(ErrorCode.MISSING_FIELD, "field 'type' is required")
     if kind == "prompt":
         return _parse_prompt(obj, limits)
+    if kind == "image":
+        return _parse_image(obj)
     raise ProtocolError(
-        ErrorCode.UNKNOWN_TYPE, f"unknown message type {_short(kind)}; expected 'prompt'"
+        ErrorCode.UNKNOWN_TYPE, f"unknown message type {_short(kind)}; expected 'prompt' or 'image'"
     )
+
+
+def _parse_image(obj: Mapping[str, Any]) -> ImageMessage:
+    seq = _int_field(obj, "seq", 0, SEQ_MAX, required=True)
+    assert seq is not None
+    try:
+        clear = obj.get("clear", False)
+        if not isinstance(clear, bool):
+            raise ProtocolError(
+                ErrorCode.BAD_TYPE, f"field 'clear' must be a boolean, not {_json_type(clear)}"
+            )
+        strength = _strength_field(obj)
+        if clear:
+            return ImageMessage(seq, None, clear=True, strength=strength)
+        fmt = obj.get("format")
+        if fmt is None:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, "field 'format' is required")
+        if fmt not in IMAGE_FORMATS:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_RANGE, f"image format {_short(fmt)} is not one of 'jpeg', 'png'"
+            )
+    except ProtocolError as exc:
+        exc.seq = seq
+        raise
+    return ImageMessage(seq, fmt, strength=strength)
+
+
+def _strength_field(obj: Mapping[str, Any]) -> float | None:
+    value = obj.get("strength")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(
+            ErrorCode.BAD_TYPE, f"field 'strength' must be a number, not {_json_type(value)}"
+        )
+    if not 0.0 < value <= 1.0:
+        raise ProtocolError(
+            ErrorCode.OUT_OF_RANGE, f"field 'strength' is {value}; it must be in (0, 1]"
+        )
+    return float(value)
 
 
 def _parse_prompt(obj: Mapping[str, Any], limits: Limits) -> PromptMessage:
@@ -106,6 +162,7 @@ def _parse_prompt(obj: Mapping[str, Any], limits: Limits) -> PromptMessage:
             raise ProtocolError(
                 ErrorCode.OUT_OF_RANGE, f"steps {steps} is not one of {list(limits.steps)}"
             )
+        strength = _strength_field(obj)
         width = _int_field(obj, "width", 1, 1 << 16)
         height = _int_field(obj, "height", 1, 1 << 16)
         if (width is None) != (height is None):
@@ -120,7 +177,9 @@ def _parse_prompt(obj: Mapping[str, Any], limits: Limits) -> PromptMessage:
     except ProtocolError as exc:
         exc.seq = seq
         raise
-    return PromptMessage(seq=seq, text=text, seed=seed, steps=steps, width=width, height=height)
+    return PromptMessage(
+        seq=seq, text=text, seed=seed, steps=steps, width=width, height=height, strength=strength
+    )
 
 
 def _int_field(

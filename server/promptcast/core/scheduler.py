@@ -22,6 +22,8 @@ class RenderRequest:
     steps: int
     width: int
     height: int
+    image: bytes | None = None  # img2img: the init image as the client sent it (JPEG or PNG)
+    strength: float = 1.0  # img2img: how far from the init image (1.0: ignore it entirely)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,17 @@ from promptcast.core.limits import Limits
 from promptcast.core.messages import (
     ErrorCode,
     ErrorMessage,
+    ImageMessage,
+    PromptMessage,
     ProtocolError,
     ServerMessage,
     Unchanged,
     parse_client_text,
 )
 from promptcast.core.scheduler import Job, RenderRequest
+
+DEFAULT_STRENGTH = 0.5  # img2img, as the SD-Turbo / SDXL-Turbo cards' examples use
+MAGIC = {"jpeg": (b"\xff\xd8\xff",), "png": (b"\x89PNG\r\n\x1a\n",)}
 
 
 @dataclass(frozen=True)
@@ -33,59 +38,102 @@ class Reply:
 Action = Submit | Reply
 
 
+def _error(code: str, message: str, seq: int | None = None) -> list[Action]:
+    return [Reply(ErrorMessage(code, message, seq))]
+
+
 class Session:
     def __init__(self, session_id: str, limits: Limits, seed: int) -> None:
         self.id = session_id
         self.limits = limits
-        # The settings persist between prompts: keeping one seed (and with it one initial
+        # The settings persist between updates: keeping one seed (and with it one initial
         # noise) while the text changes is what makes frames morph instead of flicker.
+        self.text = ""
         self.seed = seed
         self.steps = limits.default_steps
         self.width, self.height = limits.default_size
+        self.image: bytes | None = None  # img2img init image, as sent
+        self.strength = DEFAULT_STRENGTH
         self.last_seq = -1
+        self._image_header: ImageMessage | None = None  # waiting for its binary message
         self._target: Job | None = None  # the newest job submitted: what the picture will show
 
     def receive_text(self, raw: str, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._image_header is not None:
+            header, self._image_header = self._image_header, None
+            actions += _error(
+                ErrorCode.IMAGE_MISSING,
+                "an image message must be followed directly by one binary message; image ignored",
+                header.seq,
+            )
         try:
             msg = parse_client_text(raw, self.limits)
         except ProtocolError as exc:
-            return [Reply(ErrorMessage(exc.code, exc.message, exc.seq))]
+            return [*actions, *_error(exc.code, exc.message, exc.seq)]
         if msg.seq <= self.last_seq:
             return [
-                Reply(
-                    ErrorMessage(
-                        ErrorCode.STALE_SEQ,
-                        f"seq {msg.seq} is not greater than the last seq {self.last_seq}; "
-                        "seq must increase with every message",
-                        msg.seq,
-                    )
-                )
+                *actions,
+                *_error(
+                    ErrorCode.STALE_SEQ,
+                    f"seq {msg.seq} is not greater than the last seq {self.last_seq}; "
+                    "seq must increase with every message",
+                    msg.seq,
+                ),
             ]
         self.last_seq = msg.seq
+        if msg.strength is not None:
+            self.strength = msg.strength
+        if isinstance(msg, ImageMessage):
+            if not msg.clear:
+                self._image_header = msg
+                return actions  # the update happens when the image arrives
+            self.image = None
+        else:
+            self._apply(msg)
+        return [*actions, *self._update(msg.seq, now)]
+
+    def receive_binary(self, data: bytes, now: float) -> list[Action]:
+        header, self._image_header = self._image_header, None
+        if header is None:
+            return _error(
+                ErrorCode.BINARY_UNEXPECTED,
+                f"binary message of {len(data)} bytes not expected; send an 'image' message first",
+            )
+        if len(data) > self.limits.max_image_bytes:
+            return _error(
+                ErrorCode.TOO_LARGE,
+                f"image of {len(data)} bytes is over the {self.limits.max_image_bytes}-byte limit",
+                header.seq,
+            )
+        assert header.format is not None
+        if not data.startswith(MAGIC[header.format]):
+            return _error(ErrorCode.BAD_IMAGE, f"the binary message is not a {header.format} image",
+                          header.seq)
+        self.image = data
+        return self._update(header.seq, now)
+
+    def _apply(self, msg: PromptMessage) -> None:
+        self.text = msg.text
         if msg.seed is not None:
             self.seed = msg.seed
         if msg.steps is not None:
             self.steps = msg.steps
         if msg.width is not None and msg.height is not None:
             self.width, self.height = msg.width, msg.height
-        request = RenderRequest(msg.text, self.seed, self.steps, self.width, self.height)
+
+    def _update(self, seq: int, now: float) -> list[Action]:
+        request = RenderRequest(
+            self.text, self.seed, self.steps, self.width, self.height, image=self.image,
+            strength=self.strength if self.image is not None else 1.0,
+        )
         # Compare with the newest request, not the last frame shown: if "cat" was shown
         # and "cats" is on its way, a return to "cat" must still render, or the picture
         # would end on "cats".
         if self._target is not None and self._target.request == request:
-            return [Reply(Unchanged(msg.seq, self._target.seq))]
-        self._target = Job(self.id, msg.seq, request, now)
+            return [Reply(Unchanged(seq, self._target.seq))]
+        self._target = Job(self.id, seq, request, now)
         return [Submit(self._target)]
-
-    def receive_binary(self, size: int) -> list[Action]:
-        return [
-            Reply(
-                ErrorMessage(
-                    ErrorCode.BINARY_UNEXPECTED,
-                    f"binary message of {size} bytes not expected; send JSON text messages",
-                )
-            )
-        ]
 
     def render_failed(self, job: Job) -> None:
         """The engine could not render `job`: the same request sent again must retry."""

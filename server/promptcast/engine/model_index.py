@@ -13,7 +13,8 @@ class ModelLoadError(Exception):
     """The model could not be loaded; the message says what to do about it."""
 
 
-def read_model_index(source: str) -> dict[str, Any]:
+def read_model_index(source: str, hint: str | None = None) -> dict[str, Any]:
+    """model_index.json of a folder or hub id. `hint`: the command that would fetch it."""
     local = Path(source)
     if local.exists():
         path = local / "model_index.json"
@@ -28,9 +29,9 @@ def read_model_index(source: str) -> dict[str, Any]:
             path = Path(hf_hub_download(source, "model_index.json"))
         except Exception as exc:
             raise ModelLoadError(
-                f"could not get model_index.json of {source!r} from the Hugging Face hub "
-                f"or its cache ({type(exc).__name__}: {exc}). Pass a local folder, or run "
-                f"`huggingface-cli download {source}` on a machine with internet first."
+                f"model_index.json of {source} is neither in the Hugging Face cache nor "
+                f"downloadable ({type(exc).__name__}). Pass a local folder, or fetch the model "
+                f"on a machine with internet: {hint or f'huggingface-cli download {source}'}"
             ) from None
     index: dict[str, Any] = json.loads(path.read_text())
     return index

@@ -20,12 +20,21 @@ import torch
 from promptcast.config import EngineConfig
 from promptcast.core.limits import Limits
 from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.image import decode_image
 from promptcast.engine.loading import Components, load_components
 from promptcast.engine.model_index import ModelLoadError
-from promptcast.engine.presets import Preset, few_step_scheduler
+from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
 from promptcast.engine.prompt_cache import LRUCache
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conditioning:
+    """A prompt as the UNet takes it. Cached per prompt text."""
+
+    embeds: torch.Tensor  # (1, 77, D) text encoder hidden states
+    pooled: torch.Tensor | None  # (1, P) SDXL's pooled text embedding, else None
 
 
 @dataclass
@@ -65,8 +74,11 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.loaded = False
-        self.prompt_cache: LRUCache[torch.Tensor] = LRUCache(config.prompt_cache_size)
+        self.prompt_cache: LRUCache[Conditioning] = LRUCache(config.prompt_cache_size)
         self._noise: LRUCache[torch.Tensor] = LRUCache(32)
+        # Encoded init images: a client streaming a canvas re-sends the same image with
+        # each prompt edit, so one encode serves them all.
+        self._init_latents: LRUCache[torch.Tensor] = LRUCache(8)
 
     # ------------------------------------------------------------ start-up
 
@@ -74,31 +86,55 @@ class Engine:
         """Load the model and fix its limits. Idempotent."""
         if self.loaded:
             return
-        self.device = resolve_device(self.config.device)
-        self.dtype = resolve_dtype(self.config.dtype, self.device)
-        if self.device.type == "cpu" and self.config.cpu_threads > 0:
-            torch.set_num_threads(self.config.cpu_threads)
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu" and cfg.cpu_threads > 0:
+            torch.set_num_threads(cfg.cpu_threads)
         started = time.perf_counter()
-        self.c: Components = load_components(self.config.model, self.device, self.dtype)
-        self.scheduler, self.preset = few_step_scheduler(self.c.scheduler, self.c.unet.config)
-        self.vae_scale = self._vae_scale_factor(self.c.vae)
-        self.limits = self._limits(self.preset)
-        self.timesteps = {
-            k: [int(t) for t in self._set_timesteps(k)] for k in self.limits.steps
-        }
+        preset = self._named_preset()
+        steps = cfg.steps or (preset.default_steps if preset else 0)
+        if preset is not None and steps not in preset.steps:
+            raise ModelLoadError(
+                f"preset {preset.name} supports {list(preset.steps)} steps, not {steps}"
+            )
+        if preset is None:  # a --model without --preset: load it, then read its recipe
+            probe = Preset("auto", "", cfg.model, "turbo", (1,), 1, 0.0)
+            self.c: Components = load_components(cfg, probe, 1, self.device, self.dtype)
+            preset = infer_preset(self.c.scheduler, self.c.unet.config, self.c.source)
+            steps = cfg.steps or preset.default_steps
+        else:
+            self.c = load_components(cfg, preset, steps, self.device, self.dtype)
+        self.preset = preset
+        self.guidance = preset.guidance if cfg.guidance is None else cfg.guidance
+        self.scheduler = make_scheduler(preset, self.c.scheduler, steps)
+        self.vae_scale = self._vae_scale_factor(self.c.full_vae)
+        self.limits = self._limits(preset, steps)
+        self.timesteps = {k: [int(t) for t in self._set_timesteps(k)] for k in self.limits.steps}
         cond_dim = self.c.unet.config.time_cond_proj_dim
+        # LCM checkpoints take the guidance scale as an embedding (w = scale - 1) instead of a
+        # second, unconditional UNet pass; other models run classifier-free guidance above 1.
         self._timestep_cond = (
-            guidance_embedding(self.preset.guidance - 1.0, cond_dim).to(self.device, self.dtype)
+            guidance_embedding(self.guidance - 1.0, cond_dim).to(self.device, self.dtype)
             if cond_dim
             else None
         )
+        self.cfg_scale = self.guidance if (cond_dim is None and self.guidance > 1.0) else None
         self.load_seconds = time.perf_counter() - started
         self.loaded = True
         log.info(
-            "loaded %s (%s, %s) on %s/%s in %.1f s",
-            self.c.name, self.preset.family, type(self.scheduler).__name__,
+            "loaded %s (preset %s, %s) on %s/%s in %.1f s",
+            self.c.name, preset.name, type(self.scheduler).__name__,
             self.device, str(self.dtype).removeprefix("torch."), self.load_seconds,
         )
+
+    def _named_preset(self) -> Preset | None:
+        name = self.config.preset or (None if self.config.model else "tiny")
+        if name is None:
+            return None
+        if name not in PRESETS:
+            raise ModelLoadError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return PRESETS[name]
 
     def warm_up(self) -> None:
         """Render once per allowed size so the first real frame pays no first-call costs."""
@@ -114,7 +150,7 @@ class Engine:
             return int(cfg.upsampling_scaling_factor ** (len(cfg.decoder_block_out_channels) - 1))
         return int(2 ** (len(cfg.block_out_channels) - 1))
 
-    def _limits(self, preset: Preset) -> Limits:
+    def _limits(self, preset: Preset, default_steps: int) -> Limits:
         cfg = self.config
         unet_cfg = self.c.unet.config
         sample = unet_cfg.sample_size
@@ -131,14 +167,16 @@ class Engine:
                     f"size {w}x{h} does not suit {self.c.name}: width and height must be "
                     f"positive multiples of {multiple}"
                 )
-        max_steps = cfg.max_steps or preset.max_steps
-        default_steps = cfg.steps or preset.default_steps
-        if not 1 <= default_steps <= max_steps:
-            raise ModelLoadError(f"default steps {default_steps} is not in 1..{max_steps}")
+        # A checkpoint distilled for K steps (SDXL-Lightning) is only sampled with K.
+        steps = (default_steps,) if preset.checkpoint_per_step_count else preset.steps
+        if cfg.max_steps:
+            steps = tuple(k for k in steps if k <= cfg.max_steps) or (min(steps),)
+        if default_steps not in steps:
+            raise ModelLoadError(f"default steps {default_steps} is not among {list(steps)}")
         return Limits(
             sizes=tuple(sorted(set(sizes))),
             default_size=default_size,
-            steps=tuple(range(1, max_steps + 1)),
+            steps=steps,
             default_steps=default_steps,
         )
 
@@ -147,10 +185,13 @@ class Engine:
         return {
             "name": self.c.name,
             "source": self.c.source,
+            "preset": self.preset.name,
             "family": self.preset.family,
+            "arch": self.c.arch,
             "scheduler": type(self.scheduler).__name__,
             "prediction_type": self.scheduler.config.prediction_type,
-            "guidance": self.preset.guidance,
+            "guidance": self.guidance,
+            "lora": self.c.lora,
             "decoder": type(self.c.vae).__name__,
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
             "device": str(self.device),
@@ -164,14 +205,37 @@ class Engine:
         timesteps: torch.Tensor = self.scheduler.timesteps
         return timesteps
 
-    def _encode_prompt(self, text: str) -> torch.Tensor:
-        """(1, 77, D) last hidden state of the CLIP text encoder."""
-        tok = self.c.tokenizer(
-            text, padding="max_length", max_length=self.c.tokenizer.model_max_length,
+    def _encode_prompt(self, text: str) -> Conditioning:
+        c = self.c
+        if c.arch == "sd":
+            hidden: torch.Tensor = c.text_encoder(self._tokens(c.tokenizer, text))[0]  # (1, 77, D)
+            return Conditioning(hidden, None)
+        # SDXL: the penultimate hidden states of both encoders side by side, plus the second
+        # encoder's pooled projection, as StableDiffusionXLPipeline.encode_prompt builds them.
+        out_1 = c.text_encoder(self._tokens(c.tokenizer, text), output_hidden_states=True)
+        out_2 = c.text_encoder_2(self._tokens(c.tokenizer_2, text), output_hidden_states=True)
+        embeds = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)  # (1, 77, D1+D2)
+        return Conditioning(embeds, out_2[0])  # pooled: (1, P)
+
+    def _tokens(self, tokenizer: Any, text: str) -> torch.Tensor:
+        ids: torch.Tensor = tokenizer(
+            text, padding="max_length", max_length=tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    def _unconditional(self, like: Conditioning) -> Conditioning:
+        """The empty prompt for classifier-free guidance (zeros where SDXL asks for them)."""
+        if self.c.arch == "sdxl" and self.c.force_zeros_for_empty_prompt:
+            pooled = torch.zeros_like(like.pooled) if like.pooled is not None else None
+            return Conditioning(torch.zeros_like(like.embeds), pooled)
+        return self._conditioning("")[0]
+
+    def _conditioning(self, text: str) -> tuple[Conditioning, bool]:
+        # The key names the encoder too, so a cache can never serve another model's embedding.
+        return self.prompt_cache.get_or_compute(
+            (self.c.source, "text_encoder", text), lambda: self._encode_prompt(text)
         )
-        hidden: torch.Tensor = self.c.text_encoder(tok.input_ids.to(self.device))[0]
-        return hidden
 
     def _initial_noise(self, seed: int, height: int, width: int) -> torch.Tensor:
         """(1, C, H/8, W/8). Drawn on the CPU so a seed gives the same picture on any device."""
@@ -184,6 +248,47 @@ class Engine:
         noise, _ = self._noise.get_or_compute((seed, shape), draw)
         return noise
 
+    def _img2img_start(self, req: RenderRequest, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps and starting latents for img2img: the init image, encoded, noised to the
+        first timestep that `strength` leaves. Matches the stock pipelines step for step:
+        LCM shortens its schedule and still takes `steps` steps (LatentConsistencyModelImg2Img);
+        the others skip the first (1 - strength) of `steps` (StableDiffusion(XL)Img2Img)."""
+        assert req.image is not None
+        init, _ = self._init_latents.get_or_compute(
+            (req.image, req.width, req.height),
+            lambda: self._encode_image(decode_image(req.image or b"", req.width, req.height)),
+        )
+        if self.preset.family == "lcm":
+            self.scheduler.set_timesteps(req.steps, device=self.device, strength=req.strength)
+            timesteps: torch.Tensor = self.scheduler.timesteps
+        else:
+            all_timesteps = self._set_timesteps(req.steps)
+            run = max(1, min(int(req.steps * req.strength), req.steps))  # at least one step
+            start = (req.steps - run) * self.scheduler.order
+            timesteps = all_timesteps[start:]
+            self.scheduler.set_begin_index(start)
+        # Drawn from the step generator first, in the order the stock pipelines draw.
+        noise = torch.randn(init.shape, generator=gen).to(self.device, self.dtype)
+        return timesteps, self.scheduler.add_noise(init, noise, timesteps[:1])
+
+    def _encode_image(self, pixels: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, C, H/8, W/8) latents in the UNet's scale."""
+        vae = self.c.vae
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, vae.dtype)  # (1, 3, H, W)
+        encoded = vae.encode(x / 127.5 - 1.0)
+        # The tiny autoencoder returns latents; a full one a distribution, whose mode is
+        # deterministic (the stock pipelines sample it).
+        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
+        scaled: torch.Tensor = (latents * vae.config.scaling_factor).to(self.dtype)
+        return scaled
+
+    def _added_conditions(self, cond: Conditioning, height: int, width: int) -> dict[str, Any] | None:
+        """SDXL's micro-conditioning: pooled text and (original size, crop, target size)."""
+        if cond.pooled is None:
+            return None
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)  # (1, 6)
+        return {"text_embeds": cond.pooled, "time_ids": time_ids.to(self.device)}
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -191,32 +296,50 @@ class Engine:
     @torch.inference_mode()
     def render(self, req: RenderRequest) -> Rendered:
         t0 = time.perf_counter()
-        # The key names the encoder too, so a cache can never serve another model's embedding.
-        emb, hit = self.prompt_cache.get_or_compute(
-            (self.c.source, "text_encoder", req.text), lambda: self._encode_prompt(req.text)
-        )
+        cond, hit = self._conditioning(req.text)
+        if self.cfg_scale is not None:  # batch [unconditional, conditional]
+            uncond = self._unconditional(cond)
+            pooled = (
+                torch.cat([uncond.pooled, cond.pooled])
+                if uncond.pooled is not None and cond.pooled is not None
+                else None
+            )
+            unet_cond = Conditioning(torch.cat([uncond.embeds, cond.embeds]), pooled)
+        else:
+            unet_cond = cond
+        added = self._added_conditions(unet_cond, req.height, req.width)
+        if added is not None and self.cfg_scale is not None:
+            added["time_ids"] = added["time_ids"].repeat(2, 1)
         self._sync()
         t1 = time.perf_counter()
 
-        timesteps = self._set_timesteps(req.steps)
-        latents = self._initial_noise(req.seed, req.height, req.width) * self.scheduler.init_noise_sigma
-        # LCM re-noises between steps; a fixed generator keeps that part stable per seed too.
+        # Schedulers that re-noise between steps (LCM, ancestral Euler) draw from this
+        # generator: seeding it keeps that part of the picture stable per seed too.
         gen = torch.Generator("cpu").manual_seed(req.seed)
+        if req.image is None:
+            timesteps = self._set_timesteps(req.steps)
+            latents = self._initial_noise(req.seed, req.height, req.width) * self.scheduler.init_noise_sigma
+        else:
+            timesteps, latents = self._img2img_start(req, gen)
         for t in timesteps:
             model_in = self.scheduler.scale_model_input(latents, t)
+            if self.cfg_scale is not None:
+                model_in = torch.cat([model_in, model_in])
             pred = self.c.unet(
-                model_in, t, encoder_hidden_states=emb, timestep_cond=self._timestep_cond
-            ).sample  # (1, C, h, w)
+                model_in, t, encoder_hidden_states=unet_cond.embeds,
+                timestep_cond=self._timestep_cond, added_cond_kwargs=added,
+            ).sample  # (B, C, h, w)
+            if self.cfg_scale is not None:
+                pred_uncond, pred_text = pred.chunk(2)
+                pred = pred_uncond + self.cfg_scale * (pred_text - pred_uncond)
             latents = self.scheduler.step(pred, t, latents, generator=gen).prev_sample
         self._sync()
         t2 = time.perf_counter()
 
-        image = self.c.vae.decode(latents / self.c.vae.config.scaling_factor).sample  # (1,3,H,W) in [-1, 1]
-        pixels = ((image[0].float().permute(1, 2, 0) + 1.0) * 127.5).clamp(0, 255).round()
-        out = pixels.to(torch.uint8).cpu().numpy()  # (H, W, 3)
+        pixels = self._decode(latents)
         t3 = time.perf_counter()
         return Rendered(
-            out,
+            pixels,
             {
                 "text_encode_ms": (t1 - t0) * 1e3,
                 "denoise_ms": (t2 - t1) * 1e3,
@@ -224,3 +347,12 @@ class Engine:
             },
             hit,
         )
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.c.vae
+        # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
+        latents = latents.to(vae.dtype) / vae.config.scaling_factor
+        image = vae.decode(latents).sample  # (1, 3, H, W) in [-1, 1]
+        pixels = ((image[0].float().permute(1, 2, 0) + 1.0) * 127.5).clamp(0, 255).round()
+        out: np.ndarray = pixels.to(torch.uint8).cpu().numpy()  # (H, W, 3)
+        return out

@@ -31,7 +31,7 @@ from promptcast.core.messages import (
 from promptcast.core.outbox import FrameDropReason, FrameSlot
 from promptcast.core.scheduler import Job, Scheduler
 from promptcast.core.session import Reply, Session, Submit
-from promptcast.engine.image import encode_jpeg
+from promptcast.engine.image import BadImage, encode_jpeg
 from promptcast.engine.pipeline import Engine, Rendered
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.worker import EngineThread
@@ -169,17 +169,18 @@ class Runtime:
         self.connections.pop(conn.session.id, None)
 
     def on_text(self, conn: Connection, raw: str) -> None:
-        for action in conn.session.receive_text(raw, time.monotonic()):
+        self._perform(conn, conn.session.receive_text(raw, time.monotonic()))
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        self._perform(conn, conn.session.receive_binary(data, time.monotonic()))
+
+    def _perform(self, conn: Connection, actions: list[Submit | Reply]) -> None:
+        for action in actions:
             if isinstance(action, Submit):
                 self.metrics.prompts.inc()
                 self.scheduler.submit(action.job)
                 self._work.set()
             else:
-                self._reply(conn, action)
-
-    def on_binary(self, conn: Connection, data: bytes) -> None:
-        for action in conn.session.receive_binary(len(data)):
-            if isinstance(action, Reply):
                 self._reply(conn, action)
 
     def _reply(self, conn: Connection, action: Reply) -> None:
@@ -226,15 +227,19 @@ class Runtime:
             self._spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
 
     def _render_failed(self, job: Job, exc: Exception) -> None:
-        self.metrics.engine_errors.inc()
-        log.exception("session %s: render of seq %d failed", job.session_id, job.seq, exc_info=exc)
+        if isinstance(exc, BadImage):  # the client's fault: no traceback in the log
+            log.info("session %s: seq %d: %s", job.session_id, job.seq, exc)
+            error = ErrorMessage(ErrorCode.BAD_IMAGE, str(exc), job.seq)
+        else:
+            self.metrics.engine_errors.inc()
+            log.exception("session %s: render of seq %d failed", job.session_id, job.seq,
+                          exc_info=exc)
+            error = ErrorMessage(ErrorCode.ENGINE_ERROR, f"rendering failed: {type(exc).__name__}",
+                                 job.seq)
         conn = self.connections.get(job.session_id)
         if conn is not None:
             conn.session.render_failed(job)
-            conn.send(
-                ErrorMessage(ErrorCode.ENGINE_ERROR, f"rendering failed: {type(exc).__name__}",
-                             job.seq)
-            )
+            conn.send(error)
 
     async def _deliver(self, job: Job, rendered: Rendered, queue_s: float) -> None:
         conn = self.connections.get(job.session_id)

@@ -87,8 +87,10 @@ async def run_server(engine: Any, **config_overrides: Any) -> AsyncIterator[Serv
     from promptcast.cli import uvicorn_config
     from promptcast.config import Config
 
-    config = dataclasses.replace(Config(host="127.0.0.1", port=0, log_level="warning"),
-                                 **config_overrides)
+    # Refining is off unless a test asks for it, so frames arrive only for what tests send.
+    config = dataclasses.replace(
+        Config(host="127.0.0.1", port=0, log_level="warning", refine_after_ms=0), **config_overrides
+    )
     app = create_app(config, engine)
     server = uvicorn.Server(uvicorn_config(app, config))
     task = asyncio.create_task(server.serve())

@@ -39,6 +39,7 @@ class TypistResult:
     updates: int = 0
     frames: int = 0
     unchanged: int = 0
+    refined: int = 0  # refined frames (sent when a typist pauses); not counted in `frames`
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)  # keystroke to picture
     server_ms: list[float] = field(default_factory=list)  # server-side, per frame
@@ -73,7 +74,9 @@ async def typist(
                     continue  # the image that follows a frame header
                 now = time.perf_counter()
                 msg = json.loads(raw)
-                if msg["type"] == "frame":
+                if msg["type"] == "frame" and msg.get("refined"):
+                    result.refined += 1
+                elif msg["type"] == "frame":
                     result.frames += 1
                     result.server_ms.append(msg["timings"]["total_ms"])
                     newest_frame = max(newest_frame, msg["seq"])
@@ -148,6 +151,7 @@ async def run_bench(
         "updates": updates,
         "frames": frames,
         "frames_per_second": round(frames / wall, 2),
+        "refined_frames": sum(r.refined for r in results),
         "coalesced_share": round(1 - frames / updates, 3) if updates else 0.0,
         "keystroke_to_picture_ms": {
             "p50": round(percentile(latencies, 50), 1),

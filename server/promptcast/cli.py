@@ -17,8 +17,8 @@ from promptcast.options import Options, parse_size, parse_sizes, port_number, po
 
 log = logging.getLogger("promptcast")
 
-# Messages larger than this are refused by the WebSocket layer itself with close code 1009:
-# past the protocol's own --max-message-bytes (answered with an error), this is abuse.
+# Messages larger than this (or than an image may be) are refused by the WebSocket layer itself
+# with close code 1009: past the protocol's own limits (answered with an error), this is abuse.
 TRANSPORT_MAX_BYTES = 1 << 20
 
 
@@ -74,10 +74,21 @@ def _serve_parser(sub: Any) -> None:
           type=positive_int)
     o.add("--max-prompt-chars", "PROMPTCAST_MAX_PROMPT_CHARS", 1000, "longest prompt text accepted",
           type=positive_int)
+    o.add("--max-image-bytes", "PROMPTCAST_MAX_IMAGE_BYTES", 4 * 1024 * 1024,
+          "largest init image (img2img) accepted", type=positive_int)
     o.add("--max-sessions", "PROMPTCAST_MAX_SESSIONS", 64, "most clients connected at once",
           type=positive_int)
     o.add("--jpeg-quality", "PROMPTCAST_JPEG_QUALITY", 85, "JPEG quality of frames, 1-95",
           type=positive_int)
+    o.add("--refine-after-ms", "PROMPTCAST_REFINE_AFTER_MS", 300,
+          "when a client has been idle this long after its last update, send one higher-quality "
+          "frame of the same picture (same seq, \"refined\": true); 0 turns refining off",
+          type=int)
+    o.add("--refine-steps", "PROMPTCAST_REFINE_STEPS", None,
+          "steps of a refined frame (default: about twice the default steps the model supports)",
+          type=positive_int)
+    o.flag("--refine-full-vae", "PROMPTCAST_REFINE_FULL_VAE",
+           "decode refined frames with the model's full autoencoder")
     o.add("--log-level", "PROMPTCAST_LOG_LEVEL", "info", "log level",
           choices=["debug", "info", "warning", "error"])
 
@@ -102,8 +113,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         max_message_bytes=args.max_message_bytes,
         max_prompt_chars=args.max_prompt_chars,
+        max_image_bytes=args.max_image_bytes,
         max_sessions=args.max_sessions,
         jpeg_quality=min(args.jpeg_quality, 95),
+        refine_after_ms=max(0, args.refine_after_ms),
+        refine_steps=args.refine_steps,
+        refine_full_vae=args.refine_full_vae,
         log_level=args.log_level,
     )
 
@@ -113,7 +128,8 @@ def uvicorn_config(app: Any, config: Config) -> Any:
 
     return uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="on", log_level=config.log_level,
-        ws_max_size=max(TRANSPORT_MAX_BYTES, 4 * config.max_message_bytes),
+        ws_max_size=max(TRANSPORT_MAX_BYTES, 4 * config.max_message_bytes,
+                        config.max_image_bytes + 1024),
         # Frames are JPEG (incompressible) and prompts are tiny; compression would only add
         # CPU time and a decompression-bomb surface.
         ws_per_message_deflate=False,
@@ -163,6 +179,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.log_level != "debug":
         quiet_model_libraries()
     preset = PRESETS[config.engine.preset or "tiny"]
+    steps = config.engine.steps
+    if config.engine.preset and steps is not None and steps not in preset.steps:
+        print(f"promptcast: error: preset {preset.name} supports {list(preset.steps)} steps, "
+              f"not {steps}", file=sys.stderr)
+        return 2
     try:
         # Fail fast, with a clear message, before the server starts.
         read_model_index(config.engine.model or preset.base or "", fetch_hint(preset, config.engine))

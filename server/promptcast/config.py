@@ -30,6 +30,10 @@ class Config:
     port: int = 8000
     max_message_bytes: int = 16 * 1024
     max_prompt_chars: int = 1000
+    max_image_bytes: int = 4 * 1024 * 1024
     max_sessions: int = 64
     jpeg_quality: int = 85
+    refine_after_ms: int = 300  # idle time before a refined frame; 0: never refine
+    refine_steps: int | None = None  # None: about twice the default steps the model supports
+    refine_full_vae: bool = False  # refined frames decoded with the full autoencoder
     log_level: str = "info"

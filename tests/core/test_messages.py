@@ -104,7 +104,7 @@ def test_server_messages_serialise() -> None:
     assert hello["limits"]["max_message_bytes"] == 512
     frame = json.loads(serialise(FrameHeader(3, 64, 64, 1, 2, "jpeg", {"total_ms": 1.23456})))
     assert frame == {"type": "frame", "seq": 3, "width": 64, "height": 64, "seed": 1, "steps": 2,
-                     "format": "jpeg", "timings": {"total_ms": 1.235}}
+                     "format": "jpeg", "refined": False, "timings": {"total_ms": 1.235}}
 
 
 def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:

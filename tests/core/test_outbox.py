@@ -7,6 +7,7 @@ from promptcast.core.outbox import FrameDropReason, FrameSlot
 @dataclass(frozen=True)
 class F:
     seq: int
+    refined: bool = False
 
 
 def test_newer_frame_replaces_unsent_one() -> None:
@@ -42,3 +43,16 @@ def test_one_counter_totals_many_slots_and_close_counts() -> None:
     b.close()
     assert not b and b.take() is None
     assert drops == {FrameDropReason.SUPERSEDED: 1, FrameDropReason.SESSION_CLOSED: 1}
+
+
+def test_refined_frame_of_a_seq_follows_its_first_frame() -> None:
+    drops: Counter[str] = Counter()
+    slot: FrameSlot[F] = FrameSlot(drops)
+    slot.put(F(3))
+    assert slot.take() == F(3)
+    assert slot.put(F(3, refined=True)) is None  # same seq, better picture: sent
+    assert slot.take() == F(3, refined=True)
+    assert slot.put(F(3, refined=True)) == F(3, refined=True)  # never twice
+    slot.put(F(4))
+    assert slot.put(F(3, refined=True)) == F(3, refined=True)  # older than what waits
+    assert drops == {FrameDropReason.STALE: 2}

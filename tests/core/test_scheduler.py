@@ -141,3 +141,49 @@ def test_fast_typist_cannot_starve_a_slow_one() -> None:
     for _, submitted_at, started_at in ran["slow"]:
         assert started_at - submitted_at <= 0.030 + 1e-9
     assert ran["fast"][-1][0] == 1000
+
+
+def refine(session: str, seq: int) -> Job:
+    return Job(session, seq, RenderRequest(f"{session}{seq}", 0, 4, 64, 64), 0.0, refined=True)
+
+
+def test_refines_run_only_when_no_update_waits() -> None:
+    s = Scheduler()
+    s.submit(refine("a", 1))
+    s.submit(job("b", 1))
+    assert s.has_update_waiting()
+    assert s.next_job() == job("b", 1)  # b's update first, though a's refine came first
+    assert not s.has_update_waiting()
+    assert s.next_job() == refine("a", 1)
+
+
+def test_an_update_replaces_a_waiting_refine() -> None:
+    s = Scheduler()
+    s.submit(refine("a", 1))
+    assert s.submit(job("a", 2)) == refine("a", 1)
+    assert s.next_job() == job("a", 2)
+    assert s.next_job() is None
+    assert s.dropped == {DropReason.REFINE_CANCELLED: 1}
+
+
+def test_preempted_refine_is_counted_and_frees_the_session() -> None:
+    s = Scheduler()
+    s.submit(refine("a", 1))
+    running = s.next_job()
+    assert running is not None
+    s.submit(job("a", 2))
+    assert s.has_update_waiting()  # a's own update waits behind its running refine
+    s.finish(running, preempted=True)
+    assert s.next_job() == job("a", 2)
+    assert s.dropped == {DropReason.REFINE_PREEMPTED: 1}
+
+
+def test_removing_a_session_whose_job_runs_and_another_waits() -> None:
+    s = Scheduler()
+    s.submit(job("a", 1))
+    running = s.next_job()
+    s.submit(job("a", 2))
+    assert s.remove_session("a") == job("a", 2)
+    assert running is not None
+    s.finish(running)
+    assert s.next_job() is None

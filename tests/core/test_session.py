@@ -3,7 +3,7 @@ import json
 from promptcast.core.limits import Limits
 from promptcast.core.messages import ErrorCode, ErrorMessage, Unchanged
 from promptcast.core.scheduler import RenderRequest
-from promptcast.core.session import Reply, Session, Submit
+from promptcast.core.session import RefinePolicy, Reply, Session, Submit
 
 LIMITS = Limits(sizes=((64, 64), (128, 128)), default_size=(128, 128), steps=(1, 2, 3, 4),
                 default_steps=2)
@@ -80,3 +80,114 @@ def test_bad_messages_reply_and_change_nothing() -> None:
     assert isinstance(bin_err, ErrorMessage) and bin_err.code == ErrorCode.BINARY_UNEXPECTED
     # A rejected message neither consumes its seq nor changes settings.
     assert submitted(s.receive_text(prompt(1, "a"), 0)) == RenderRequest("a", 3, 2, 128, 128)
+
+
+# ------------------------------------------------------------ img2img
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 32
+
+
+def image_header(seq: int, **extra: object) -> str:
+    return json.dumps({"type": "image", "seq": seq, "format": "png", **extra})
+
+
+def test_image_header_then_binary_is_an_img2img_update() -> None:
+    s = Session("s", LIMITS, seed=1)
+    submitted(s.receive_text(prompt(1, "a cat"), 0))
+    assert s.receive_text(image_header(2, strength=0.7), 0) == []  # waits for the image
+    req = submitted(s.receive_binary(PNG, 0))
+    assert (req.text, req.image, req.strength) == ("a cat", PNG, 0.7)
+    # The image and strength stay for later prompts, like seed and size.
+    req = submitted(s.receive_text(prompt(3, "a dog"), 0))
+    assert (req.image, req.strength) == (PNG, 0.7)
+    [action] = s.receive_text(prompt(4, "a dog", strength=0.3), 0)
+    assert isinstance(action, Submit) and action.job.seq == 4 and action.job.request.strength == 0.3
+
+
+def test_clearing_the_image_returns_to_text_to_image() -> None:
+    s = Session("s", LIMITS, seed=1)
+    s.receive_text(json.dumps({"type": "image", "seq": 1, "format": "jpeg"}), 0)
+    submitted(s.receive_binary(JPEG, 0))
+    req = submitted(s.receive_text(json.dumps({"type": "image", "seq": 2, "clear": True}), 0))
+    assert req.image is None and req.strength == 1.0
+
+
+def test_image_header_without_its_binary_is_reported_and_the_next_message_still_counts() -> None:
+    s = Session("s", LIMITS, seed=1)
+    s.receive_text(image_header(1), 0)
+    actions = s.receive_text(prompt(2, "a cat"), 0)
+    assert isinstance(actions[0], Reply) and actions[0].message == ErrorMessage(
+        ErrorCode.IMAGE_MISSING,
+        "an image message must be followed directly by one binary message; image ignored", 1)
+    assert submitted(actions[1:]).text == "a cat" and s.image is None
+
+
+def test_bad_images_are_refused_with_their_seq() -> None:
+    small = Limits(sizes=((64, 64),), default_size=(64, 64), steps=(1,), default_steps=1,
+                   max_image_bytes=20)
+    s = Session("s", small, seed=1)
+    s.receive_text(image_header(1), 0)
+    err = replied(s.receive_binary(PNG, 0))
+    assert isinstance(err, ErrorMessage) and (err.code, err.seq) == (ErrorCode.TOO_LARGE, 1)
+    s.receive_text(image_header(2), 0)
+    err = replied(s.receive_binary(b"GIF89a", 0))
+    assert isinstance(err, ErrorMessage) and (err.code, err.seq) == (ErrorCode.BAD_IMAGE, 2)
+    assert s.image is None
+
+
+def test_image_message_fields_are_checked() -> None:
+    s = Session("s", LIMITS, seed=1)
+    for extra, code in (({"format": "gif"}, ErrorCode.OUT_OF_RANGE),
+                        ({"format": None}, ErrorCode.MISSING_FIELD),
+                        ({"strength": 0}, ErrorCode.OUT_OF_RANGE),
+                        ({"strength": 1.5}, ErrorCode.OUT_OF_RANGE),
+                        ({"strength": "high"}, ErrorCode.BAD_TYPE),
+                        ({"clear": "yes"}, ErrorCode.BAD_TYPE)):
+        raw = json.dumps({"type": "image", "seq": 1, "format": "png", **extra})
+        err = replied(s.receive_text(raw, 0))
+        assert isinstance(err, ErrorMessage) and err.code == code, extra
+
+
+# ------------------------------------------------------------ refine when idle
+
+POLICY = RefinePolicy(idle_s=0.3, steps=4, full_vae=False)
+
+
+def test_refine_is_owed_once_after_the_frame_and_the_idle_time() -> None:
+    s = Session("s", LIMITS, seed=1, refine=POLICY)
+    [action] = s.receive_text(prompt(1, "a cat"), 10.0)
+    assert isinstance(action, Submit)
+    assert s.refine_due_at() is None  # no frame yet: a refine would only delay it
+    s.frame_rendered(action.job)
+    assert s.refine_due_at() == 10.3
+    assert s.refine_job(10.2) is None
+    job = s.refine_job(10.3)
+    assert job is not None and job.refined and job.seq == 1
+    assert job.request == RenderRequest("a cat", 1, 4, 128, 128)
+    assert s.refine_job(11.0) is None and s.refine_due_at() is None  # once per update
+
+
+def test_a_new_update_postpones_the_refine_to_its_own_frame() -> None:
+    s = Session("s", LIMITS, seed=1, refine=POLICY)
+    [first] = s.receive_text(prompt(1, "a cat"), 10.0)
+    assert isinstance(first, Submit)
+    s.frame_rendered(first.job)
+    s.receive_text(prompt(2, "a cat!"), 10.2)
+    assert s.refine_job(10.35) is None and s.refine_due_at() is None
+    # An unchanged update is still typing: it moves the idle clock too.
+    [second] = s.receive_text(prompt(3, "a dog"), 10.4)
+    assert isinstance(second, Submit)
+    s.frame_rendered(second.job)
+    s.receive_text(prompt(4, "a dog"), 10.5)
+    assert s.refine_due_at() == 10.8
+
+
+def test_no_refine_when_it_would_not_improve_anything() -> None:
+    same = RefinePolicy(idle_s=0.3, steps=2, full_vae=False)  # the session's own steps
+    s = Session("s", LIMITS, seed=1, refine=same)
+    [action] = s.receive_text(prompt(1, "a cat"), 0)
+    assert isinstance(action, Submit)
+    s.frame_rendered(action.job)
+    assert s.refine_job(1.0) is None
+    assert Session("t", LIMITS, seed=1).refine_due_at() is None  # refining off

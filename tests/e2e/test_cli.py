@@ -86,6 +86,21 @@ def test_serve_with_a_missing_model_says_so_and_exits(tmp_path: Path) -> None:
     assert "Traceback" not in out
 
 
+def test_preset_steps_are_checked_before_starting() -> None:
+    proc = promptcast("serve", "--preset", "sdxl-lightning", "--steps", "3")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "sdxl-lightning supports [1, 2, 4, 8] steps, not 3" in out
+
+
+def test_download_of_an_unreachable_model_fails_clearly() -> None:
+    # The tests run with HF_HUB_OFFLINE=1 (conftest), as a machine without internet would.
+    proc = promptcast("download", "--preset", "lcm", "--model", "nobody/not-there")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "promptcast: error: download failed" in out and "Traceback" not in out
+
+
 def test_bad_environment_value_is_reported_like_a_bad_flag() -> None:
     proc = promptcast("serve", env={**ENV, "PROMPTCAST_PORT": "eighty"})
     out, _ = proc.communicate(timeout=60)

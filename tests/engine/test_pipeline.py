@@ -188,3 +188,25 @@ def test_prompt_longer_than_the_encoder_takes_is_truncated(engine: Engine) -> No
     assert out.pixels.shape == (128, 128, 3)
 
 
+
+
+def test_a_cancelled_render_stops_between_steps(engine: Engine) -> None:
+    from promptcast.engine.pipeline import RenderCancelled
+
+    polls: list[int] = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) > 2  # let two UNet steps run, stop before the third
+
+    with pytest.raises(RenderCancelled):
+        engine.render(req(steps=4), cancelled)
+    assert len(polls) == 3
+    assert engine.render(req(steps=4), lambda: False).pixels.shape == (128, 128, 3)
+
+
+def test_refine_steps_are_about_twice_the_default(engine: Engine) -> None:
+    assert engine.refine_steps(None) == 4  # default 2
+    assert engine.refine_steps(8) == 8
+    with pytest.raises(ModelLoadError, match="refine steps 9"):
+        engine.refine_steps(9)

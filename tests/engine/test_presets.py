@@ -229,7 +229,8 @@ def render_with_latents(eng: Engine, req: RenderRequest, monkeypatch: pytest.Mon
     """Our frame, and the final latents the decoder received."""
     seen: list[torch.Tensor] = []
     decode = eng._decode
-    monkeypatch.setattr(eng, "_decode", lambda latents: seen.append(latents.clone()) or decode(latents))
+    monkeypatch.setattr(eng, "_decode",
+                        lambda latents, vae: seen.append(latents.clone()) or decode(latents, vae))
     pixels = eng.render(req).pixels
     monkeypatch.undo()
     return pixels, seen[0]
@@ -304,3 +305,25 @@ def test_img2img_matches_the_stock_img2img_pipeline(
     # And img2img is not txt2img: the init image shows through.
     txt2img = render_with_latents(eng, RenderRequest(PROMPT, SEED, steps, size, size), monkeypatch)
     assert not torch.allclose(ours[1], txt2img[1])
+
+
+def test_refined_frames_can_decode_with_the_full_vae(load: Any) -> None:
+    eng = load("sd-turbo")
+    assert isinstance(eng.c.vae, AutoencoderTiny) and isinstance(eng.c.full_vae, AutoencoderKL)
+    tiny = eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64)).pixels
+    full = eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64, full_vae=True)).pixels
+    assert tiny.shape == full.shape and not np.array_equal(tiny, full)
+    # Lightning's steps are fixed by its checkpoint: a refine can only change the decoder.
+    assert load("sdxl-lightning").refine_steps(None) == 2
+
+
+def test_download_resolves_every_file_a_preset_loads(hub_cache: Path) -> None:
+    from promptcast.engine.download import download
+
+    paths = download(EngineConfig(preset="sdxl-lightning", steps=4))
+    assert paths[0].endswith(hub.commit_hash(hub.SDXL_BASE))
+    assert paths[1].endswith("sdxl_lightning_4step_unet.safetensors")
+    assert paths[2].endswith(hub.commit_hash(hub.TAESDXL))
+    assert download(EngineConfig(preset="lcm-lora-sd15"))[1].endswith(hub.LCM_LORA_WEIGHT_NAME)
+    with pytest.raises(ModelLoadError, match="download failed"):
+        download(EngineConfig(preset="lcm", model="nobody/not-cached"))

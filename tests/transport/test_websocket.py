@@ -156,8 +156,10 @@ async def test_an_identical_update_renders_nothing_new(server: Server) -> None:
 async def test_abusive_message_closes_only_that_connection(server: Server) -> None:
     ws, _ = await connect(server.ws_url)
     other, _ = await connect(server.ws_url)
-    await ws.send("x" * (2 << 20))  # past the transport's hard limit
     with pytest.raises(ConnectionClosed) as info:
+        # Past the transport's hard limit (4 MiB images + 1 KiB); the server may close while
+        # the client is still sending.
+        await ws.send("x" * (5 << 20))
         await asyncio.wait_for(ws.recv(), 10)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009
     await other.send(prompt(1, "unaffected", width=64, height=64))
@@ -219,10 +221,10 @@ async def test_server_full_refuses_with_try_again_later(engine: Engine) -> None:
 class FlakyEngine(Engine):
     """The real engine, failing on one prompt: a fake for a device fault."""
 
-    def render(self, req: RenderRequest) -> Rendered:
+    def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
         if req.text == "boom":
             raise RuntimeError("simulated device fault")
-        return super().render(req)
+        return super().render(req, cancelled)
 
 
 async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine: Engine) -> None:
@@ -240,3 +242,92 @@ async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine:
         assert (await frames_until(ws, 2))[-1][0]["seq"] == 2
         await ws.close()
         await other.close()
+
+
+def png_bytes(size: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_img2img_over_the_socket(server: Server) -> None:
+    ws, _ = await connect(server.ws_url)
+    await ws.send(prompt(1, "a red square", width=64, height=64))
+    await frames_until(ws, 1)
+    await ws.send(json.dumps({"type": "image", "seq": 2, "format": "png", "strength": 0.6}))
+    await ws.send(png_bytes(200))  # any size: it is resized to the session's
+    [(header, image)] = await frames_until(ws, 2)
+    assert (header["seq"], header["width"]) == (2, 64)
+    assert Image.open(io.BytesIO(image)).size == (64, 64)
+    # Corrupt data behind a valid signature: a clear error with its seq, the session goes on.
+    await ws.send(json.dumps({"type": "image", "seq": 3, "format": "png"}))
+    await ws.send(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    err = await recv_json(ws)
+    assert (err["code"], err["seq"]) == ("bad_image", 3)
+    await ws.send(json.dumps({"type": "image", "seq": 4, "clear": True}))
+    assert (await frames_until(ws, 4))[-1][0]["seq"] == 4
+    await ws.close()
+
+
+async def test_an_idle_session_gets_one_refined_frame(engine: Engine) -> None:
+    async with run_server(engine, refine_after_ms=400) as srv:
+        ws, hello = await connect(srv.ws_url)
+        assert hello["refine"] == {"after_ms": 400, "steps": 4, "full_vae": False}
+        await ws.send(prompt(1, "a cat", width=64, height=64))
+        [(first, _)] = await frames_until(ws, 1)
+        assert first["refined"] is False and first["steps"] == 2
+        refined = await recv_json(ws, timeout=10)
+        assert refined["type"] == "frame" and refined["refined"] is True
+        assert (refined["seq"], refined["steps"]) == (1, 4)
+        await ws.recv()  # its image
+        # Typing on within the idle time: the earlier picture is never refined.
+        await ws.send(prompt(2, "a cat on", width=64, height=64))
+        await frames_until(ws, 2)
+        await ws.send(prompt(3, "a cat on a", width=64, height=64))
+        await frames_until(ws, 3)
+        refined3 = await recv_json(ws, timeout=10)
+        assert (refined3["seq"], refined3["refined"]) == (3, True)
+        await ws.close()
+
+
+class SlowRefineEngine(Engine):
+    """The real engine, but a refine takes seconds unless told to stop: a stand-in for a
+    many-step render on a big model."""
+
+    refine_started: Any = None
+
+    def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
+        if req.steps == 4 and cancelled is not None:
+            import threading
+            import time
+
+            from promptcast.engine.pipeline import RenderCancelled
+
+            self.refine_started.set()
+            for _ in range(500):
+                if cancelled():
+                    raise RenderCancelled
+                time.sleep(0.01)
+            assert isinstance(self.refine_started, threading.Event)
+        return super().render(req, cancelled)
+
+
+async def test_an_update_never_waits_behind_a_running_refine(engine: Engine) -> None:
+    import threading
+
+    slow = SlowRefineEngine(engine.config)
+    slow.__dict__.update(engine.__dict__)
+    slow.refine_started = threading.Event()
+    async with run_server(slow, refine_after_ms=50) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a cat", width=64, height=64))
+        await frames_until(ws, 1)
+        assert await asyncio.to_thread(slow.refine_started.wait, 10)
+        started = asyncio.get_running_loop().time()
+        await ws.send(prompt(2, "a dog", width=64, height=64))
+        frames = await frames_until(ws, 2)
+        waited = asyncio.get_running_loop().time() - started
+        assert waited < 2.5, waited  # the refine would have taken 5 s
+        assert not any(h["refined"] for h, _ in frames)
+        assert srv.runtime.scheduler.dropped["refine_preempted"] == 1
+        await ws.close()

@@ -231,6 +231,7 @@ class Hello:
     model: Mapping[str, object]
     limits: Limits
     server: str
+    refine: Mapping[str, object] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -247,6 +248,7 @@ class Hello:
                 "steps": {"default": self.limits.default_steps, "allowed": list(self.limits.steps)},
             },
             "limits": self.limits.to_json(),
+            "refine": self.refine,
         }
 
 
@@ -285,6 +287,7 @@ class FrameHeader:
     steps: int
     format: str
     timings: Mapping[str, float] = field(default_factory=dict)
+    refined: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -295,6 +298,7 @@ class FrameHeader:
             "seed": self.seed,
             "steps": self.steps,
             "format": self.format,
+            "refined": self.refined,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 

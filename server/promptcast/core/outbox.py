@@ -16,8 +16,15 @@ class HasSeq(Protocol):
     @property
     def seq(self) -> int: ...
 
+    @property
+    def refined(self) -> bool: ...  # a refined frame of a seq comes after its first frame
+
 
 F = TypeVar("F", bound=HasSeq)
+
+
+def _order(frame: HasSeq) -> tuple[int, bool]:
+    return frame.seq, frame.refined
 
 
 class FrameDropReason:
@@ -29,13 +36,13 @@ class FrameDropReason:
 class FrameSlot(Generic[F]):
     def __init__(self, dropped: Counter[str]) -> None:
         self._frame: F | None = None
-        self._last_taken_seq = -1
+        self._last_taken: tuple[int, bool] = (-1, False)
         self._dropped = dropped
 
     def put(self, frame: F) -> F | None:
         """Offer a frame. Returns the frame dropped because of it (it, or the one it replaced)."""
-        if frame.seq <= self._last_taken_seq or (
-            self._frame is not None and frame.seq <= self._frame.seq
+        if _order(frame) <= self._last_taken or (
+            self._frame is not None and _order(frame) <= _order(self._frame)
         ):
             self._dropped[FrameDropReason.STALE] += 1
             return frame
@@ -48,7 +55,7 @@ class FrameSlot(Generic[F]):
         """The frame to send now, if any; it leaves the slot."""
         frame, self._frame = self._frame, None
         if frame is not None:
-            self._last_taken_seq = frame.seq
+            self._last_taken = _order(frame)
         return frame
 
     def close(self) -> None:

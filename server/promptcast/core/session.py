@@ -6,7 +6,7 @@ actions: Submit a job to the scheduler, or Reply with a message to this client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from promptcast.core.limits import Limits
 from promptcast.core.messages import (
@@ -23,6 +23,19 @@ from promptcast.core.scheduler import Job, RenderRequest
 
 DEFAULT_STRENGTH = 0.5  # img2img, as the SD-Turbo / SDXL-Turbo cards' examples use
 MAGIC = {"jpeg": (b"\xff\xd8\xff",), "png": (b"\x89PNG\r\n\x1a\n",)}
+
+
+@dataclass(frozen=True)
+class RefinePolicy:
+    """Once a session has been idle this long after its last update, and that update's frame
+    has been rendered, render the same picture once more at higher quality."""
+
+    idle_s: float
+    steps: int | None  # steps for the refined frame; None: the session's own
+    full_vae: bool  # decode the refined frame with the full autoencoder
+
+    def to_json(self) -> dict[str, object]:
+        return {"after_ms": round(self.idle_s * 1e3), "steps": self.steps, "full_vae": self.full_vae}
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,12 @@ def _error(code: str, message: str, seq: int | None = None) -> list[Action]:
 
 
 class Session:
-    def __init__(self, session_id: str, limits: Limits, seed: int) -> None:
+    def __init__(
+        self, session_id: str, limits: Limits, seed: int, refine: RefinePolicy | None = None
+    ) -> None:
         self.id = session_id
         self.limits = limits
+        self.refine = refine
         # The settings persist between updates: keeping one seed (and with it one initial
         # noise) while the text changes is what makes frames morph instead of flicker.
         self.text = ""
@@ -57,6 +73,9 @@ class Session:
         self.last_seq = -1
         self._image_header: ImageMessage | None = None  # waiting for its binary message
         self._target: Job | None = None  # the newest job submitted: what the picture will show
+        self._last_update_at = float("-inf")
+        self._target_rendered = False  # the target's first frame exists: refining may start
+        self._refined_seq = -1  # the seq last refined (or tried): one refine per update
 
     def receive_text(self, raw: str, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -82,6 +101,7 @@ class Session:
                 ),
             ]
         self.last_seq = msg.seq
+        self._last_update_at = now
         if msg.strength is not None:
             self.strength = msg.strength
         if isinstance(msg, ImageMessage):
@@ -111,6 +131,7 @@ class Session:
             return _error(ErrorCode.BAD_IMAGE, f"the binary message is not a {header.format} image",
                           header.seq)
         self.image = data
+        self._last_update_at = now
         return self._update(header.seq, now)
 
     def _apply(self, msg: PromptMessage) -> None:
@@ -133,9 +154,37 @@ class Session:
         if self._target is not None and self._target.request == request:
             return [Reply(Unchanged(seq, self._target.seq))]
         self._target = Job(self.id, seq, request, now)
+        self._target_rendered = False
         return [Submit(self._target)]
 
     def render_failed(self, job: Job) -> None:
         """The engine could not render `job`: the same request sent again must retry."""
         if self._target is job:
             self._target = None
+
+    def frame_rendered(self, job: Job) -> None:
+        if self._target is job:
+            self._target_rendered = True
+
+    def refine_due_at(self) -> float | None:
+        """When a refine of the current picture may start (caller's clock), if one is owed."""
+        if self.refine is None or not self._target_rendered or self._target is None:
+            return None
+        if self._refined_seq >= self._target.seq:
+            return None
+        return self._last_update_at + self.refine.idle_s
+
+    def refine_job(self, now: float) -> Job | None:
+        """The refine job owed now, if any (at most one per update)."""
+        due = self.refine_due_at()
+        if due is None or now < due or self._target is None or self.refine is None:
+            return None
+        target = self._target
+        self._refined_seq = target.seq
+        request = replace(
+            target.request, steps=self.refine.steps or target.request.steps,
+            full_vae=self.refine.full_vae,
+        )
+        if request == target.request:
+            return None  # nothing to improve
+        return Job(self.id, target.seq, request, now, refined=True)

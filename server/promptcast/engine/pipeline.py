@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,10 @@ from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_schedu
 from promptcast.engine.prompt_cache import LRUCache
 
 log = logging.getLogger(__name__)
+
+
+class RenderCancelled(Exception):
+    """render() stopped early because its `cancelled` callback said so."""
 
 
 @dataclass
@@ -293,8 +298,22 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def refine_steps(self, requested: int | None) -> int:
+        """Steps for refined frames: `requested`, or about twice the default, among the step
+        counts the model supports (a one-step-count checkpoint keeps its own)."""
+        supported = (self.limits.default_steps,) if self.preset.checkpoint_per_step_count else (
+            self.preset.steps)
+        if requested is not None:
+            if requested not in supported:
+                raise ModelLoadError(f"refine steps {requested} is not among {list(supported)}")
+            return requested
+        want = 2 * self.limits.default_steps
+        return min((k for k in supported if k >= want), default=max(supported))
+
     @torch.inference_mode()
-    def render(self, req: RenderRequest) -> Rendered:
+    def render(self, req: RenderRequest, cancelled: Callable[[], bool] | None = None) -> Rendered:
+        """Render `req`. If `cancelled` is given, it is polled between UNet steps and a True
+        answer raises RenderCancelled: a long render (a refine) gives way within one step."""
         t0 = time.perf_counter()
         cond, hit = self._conditioning(req.text)
         if self.cfg_scale is not None:  # batch [unconditional, conditional]
@@ -322,6 +341,8 @@ class Engine:
         else:
             timesteps, latents = self._img2img_start(req, gen)
         for t in timesteps:
+            if cancelled is not None and cancelled():
+                raise RenderCancelled
             model_in = self.scheduler.scale_model_input(latents, t)
             if self.cfg_scale is not None:
                 model_in = torch.cat([model_in, model_in])
@@ -336,7 +357,9 @@ class Engine:
         self._sync()
         t2 = time.perf_counter()
 
-        pixels = self._decode(latents)
+        if cancelled is not None and cancelled():
+            raise RenderCancelled
+        pixels = self._decode(latents, self.c.full_vae if req.full_vae else self.c.vae)
         t3 = time.perf_counter()
         return Rendered(
             pixels,
@@ -348,8 +371,7 @@ class Engine:
             hit,
         )
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.c.vae
+    def _decode(self, latents: torch.Tensor, vae: Any) -> np.ndarray:
         # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
         latents = latents.to(vae.dtype) / vae.config.scaling_factor
         image = vae.decode(latents).sample  # (1, 3, H, W) in [-1, 1]

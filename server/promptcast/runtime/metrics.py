@@ -29,6 +29,9 @@ class Metrics:
             registry=r,
         )
         self.rendered = Counter("promptcast_frames_rendered", "Frames the engine rendered", registry=r)
+        self.refines = Counter(
+            "promptcast_refines_started", "Refine jobs submitted for idle sessions", registry=r
+        )
         self.sent = Counter("promptcast_frames_sent", "Frames sent to clients", registry=r)
         self.engine_errors = Counter(
             "promptcast_engine_errors", "Renders that raised an exception", registry=r

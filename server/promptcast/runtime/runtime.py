@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
@@ -30,9 +31,9 @@ from promptcast.core.messages import (
 )
 from promptcast.core.outbox import FrameDropReason, FrameSlot
 from promptcast.core.scheduler import Job, Scheduler
-from promptcast.core.session import Reply, Session, Submit
+from promptcast.core.session import RefinePolicy, Reply, Session, Submit
 from promptcast.engine.image import BadImage, encode_jpeg
-from promptcast.engine.pipeline import Engine, Rendered
+from promptcast.engine.pipeline import Engine, RenderCancelled, Rendered
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.worker import EngineThread
 
@@ -54,6 +55,10 @@ class EncodedFrame:
     jpeg: bytes
     timings: dict[str, float]  # ms, everything but the total
 
+    @property
+    def refined(self) -> bool:
+        return self.job.refined
+
 
 class Connection:
     """One client as the runtime sees it: its core session plus what waits to be sent."""
@@ -63,6 +68,7 @@ class Connection:
         self.frames: FrameSlot[EncodedFrame] = FrameSlot(frame_drops)
         self.control: deque[ServerMessage] = deque(maxlen=CONTROL_BACKLOG)
         self.closed = False
+        self.refine_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
 
     def send(self, message: ServerMessage) -> None:
@@ -97,6 +103,10 @@ class Runtime:
         self.limits: Limits | None = None  # set once the model is loaded
         self.failure: BaseException | None = None
         self._thread = EngineThread()
+        # Set (from the loop) when an update arrives; a running refine polls it from the engine
+        # thread between UNet steps and gives way.
+        self._preempt = threading.Event()
+        self.refine: RefinePolicy | None = None
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
@@ -129,11 +139,23 @@ class Runtime:
             self.engine.limits,
             max_message_bytes=self.config.max_message_bytes,
             max_prompt_chars=self.config.max_prompt_chars,
+            max_image_bytes=self.config.max_image_bytes,
         )
+        self.refine = self._refine_policy()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: sizes %s, steps %s", self.engine.limits.sizes, self.engine.limits.steps)
         await self._dispatch()
+
+    def _refine_policy(self) -> RefinePolicy | None:
+        cfg = self.config
+        if cfg.refine_after_ms <= 0:
+            return None
+        steps = self.engine.refine_steps(cfg.refine_steps)
+        improves_decoder = cfg.refine_full_vae and self.engine.c.full_vae is not self.engine.c.vae
+        if steps <= self.engine.limits.default_steps and not improves_decoder:
+            return None  # nothing a refine could improve on the default picture
+        return RefinePolicy(cfg.refine_after_ms / 1e3, steps, cfg.refine_full_vae)
 
     async def stop(self) -> None:
         self.ready = False
@@ -153,17 +175,21 @@ class Runtime:
         session_id = secrets.token_hex(4)
         while session_id in self.connections:
             session_id = secrets.token_hex(4)
-        session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1))
+        session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1),
+                          refine=self.refine)
         conn = Connection(session, self.frame_drops)
         self.connections[session_id] = conn
         conn.send(
             Hello(session_id, session.seed, self.engine.model_info(), limits,
-                  server=f"promptcast/{__version__}")
+                  server=f"promptcast/{__version__}",
+                  refine=self.refine.to_json() if self.refine else None)
         )
         return conn
 
     def close_session(self, conn: Connection) -> None:
         conn.closed = True
+        if conn.refine_timer is not None:
+            conn.refine_timer.cancel()
         conn.frames.close()
         self.scheduler.remove_session(conn.session.id)
         self.connections.pop(conn.session.id, None)
@@ -178,10 +204,14 @@ class Runtime:
         for action in actions:
             if isinstance(action, Submit):
                 self.metrics.prompts.inc()
-                self.scheduler.submit(action.job)
-                self._work.set()
+                self._submit(action.job)
+                self._preempt.set()
             else:
                 self._reply(conn, action)
+
+    def _submit(self, job: Job) -> None:
+        self.scheduler.submit(job)
+        self._work.set()
 
     def _reply(self, conn: Connection, action: Reply) -> None:
         message = action.message
@@ -200,7 +230,7 @@ class Runtime:
         req = frame.job.request
         header = FrameHeader(
             seq=frame.seq, width=req.width, height=req.height, seed=req.seed, steps=req.steps,
-            format="jpeg", timings={"total_ms": total * 1e3, **frame.timings},
+            format="jpeg", timings={"total_ms": total * 1e3, **frame.timings}, refined=frame.refined,
         )
         return serialise(header), frame.jpeg
 
@@ -216,15 +246,50 @@ class Runtime:
                 await self._work.wait()
                 continue
             started = time.monotonic()
+            cancelled = None
+            if job.refined:
+                self._preempt.clear()
+                if self.scheduler.has_update_waiting():
+                    self._preempt.set()
+                cancelled = self._preempt.is_set
             try:
-                rendered = await self._thread.run(self.engine.render, job.request)
+                rendered = await self._thread.run(self.engine.render, job.request, cancelled)
+            except RenderCancelled:
+                self.scheduler.finish(job, preempted=True)
+                continue
             except Exception as exc:
                 self.scheduler.finish(job)
                 self._render_failed(job, exc)
                 continue
             self.scheduler.finish(job)
             self.metrics.rendered.inc()
+            conn = self.connections.get(job.session_id)
+            if conn is not None and not job.refined:
+                conn.session.frame_rendered(job)
+                self._schedule_refine(conn)
             self._spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+
+    # ------------------------------------------------------------ refining idle sessions
+
+    def _schedule_refine(self, conn: Connection) -> None:
+        due = conn.session.refine_due_at()
+        if conn.refine_timer is not None:
+            conn.refine_timer.cancel()
+            conn.refine_timer = None
+        if due is not None and not conn.closed:
+            delay = max(0.0, due - time.monotonic())
+            conn.refine_timer = asyncio.get_running_loop().call_later(delay, self._refine, conn)
+
+    def _refine(self, conn: Connection) -> None:
+        conn.refine_timer = None
+        if conn.closed:
+            return
+        job = conn.session.refine_job(time.monotonic())
+        if job is not None:
+            self.metrics.refines.inc()
+            self._submit(job)
+        else:
+            self._schedule_refine(conn)  # typing went on: look again when it may be idle
 
     def _render_failed(self, job: Job, exc: Exception) -> None:
         if isinstance(exc, BadImage):  # the client's fault: no traceback in the log

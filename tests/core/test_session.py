@@ -191,3 +191,16 @@ def test_no_refine_when_it_would_not_improve_anything() -> None:
     s.frame_rendered(action.job)
     assert s.refine_job(1.0) is None
     assert Session("t", LIMITS, seed=1).refine_due_at() is None  # refining off
+
+
+def test_refine_never_uses_fewer_steps_than_the_session_asked_for() -> None:
+    s = Session("s", LIMITS, seed=1, refine=POLICY)  # refines at 4 steps
+    [action] = s.receive_text(prompt(1, "a cat", steps=3), 0)
+    assert isinstance(action, Submit)
+    s.frame_rendered(action.job)
+    job = s.refine_job(1.0)
+    assert job is not None and job.request.steps == 4
+    [action] = s.receive_text(prompt(2, "a cat", steps=4), 2.0)
+    assert isinstance(action, Submit)
+    s.frame_rendered(action.job)
+    assert s.refine_job(3.0) is None  # already at 4: nothing to improve

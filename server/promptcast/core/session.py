@@ -31,7 +31,7 @@ class RefinePolicy:
     has been rendered, render the same picture once more at higher quality."""
 
     idle_s: float
-    steps: int | None  # steps for the refined frame; None: the session's own
+    steps: int | None  # steps for the refined frame (or the session's, if more); None: the session's
     full_vae: bool  # decode the refined frame with the full autoencoder
 
     def to_json(self) -> dict[str, object]:
@@ -181,10 +181,9 @@ class Session:
             return None
         target = self._target
         self._refined_seq = target.seq
-        request = replace(
-            target.request, steps=self.refine.steps or target.request.steps,
-            full_vae=self.refine.full_vae,
-        )
+        # Never fewer steps than the session itself asked for.
+        steps = max(self.refine.steps or 0, target.request.steps)
+        request = replace(target.request, steps=steps, full_vae=self.refine.full_vae)
         if request == target.request:
             return None  # nothing to improve
         return Job(self.id, target.seq, request, now, refined=True)

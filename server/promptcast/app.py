@@ -15,6 +15,7 @@ from promptcast.config import Config
 from promptcast.engine.pipeline import Engine
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.runtime import Runtime
+from promptcast.transport.webrtc import parse_ice_server, use_ice_host_addresses
 from promptcast.transport.websocket import websocket_endpoint
 
 
@@ -26,11 +27,15 @@ def create_app(
     """The app. `engine` may be loaded already (tests share one); if not, the lifespan
     loads it in the background. `on_failure` is called if loading fails."""
     metrics = Metrics()
+    ice_servers = [parse_ice_server(url) for url in config.ice_servers]
+    if config.ice_hosts:
+        use_ice_host_addresses(config.ice_hosts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime(config, engine, metrics)
         app.state.runtime = runtime
+        app.state.ice_servers = ice_servers
         runtime.start(on_failure)
         try:
             yield

@@ -89,6 +89,12 @@ def _serve_parser(sub: Any) -> None:
           type=positive_int)
     o.flag("--refine-full-vae", "PROMPTCAST_REFINE_FULL_VAE",
            "decode refined frames with the model's full autoencoder")
+    o.multi("--ice-host", "PROMPTCAST_ICE_HOST",
+            "WebRTC: an address to offer as host candidate (default: this machine's addresses; "
+            "tests use 127.0.0.1)")
+    o.multi("--ice-server", "PROMPTCAST_ICE_SERVER",
+            "WebRTC: a STUN/TURN server, stun:host:port or turn:user:password@host:port "
+            "(default: none, so no outside server is ever contacted)")
     o.add("--log-level", "PROMPTCAST_LOG_LEVEL", "info", "log level",
           choices=["debug", "info", "warning", "error"])
 
@@ -119,6 +125,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         refine_after_ms=max(0, args.refine_after_ms),
         refine_steps=args.refine_steps,
         refine_full_vae=args.refine_full_vae,
+        ice_hosts=tuple(args.ice_host),
+        ice_servers=tuple(args.ice_server),
         log_level=args.log_level,
     )
 
@@ -178,6 +186,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if config.log_level != "debug":
         quiet_model_libraries()
+    from promptcast.transport.webrtc import parse_ice_server
+
+    try:
+        for url in config.ice_servers:
+            parse_ice_server(url)
+    except ValueError as exc:
+        print(f"promptcast: error: --ice-server: {exc}", file=sys.stderr)
+        return 2
     preset = PRESETS[config.engine.preset or "tiny"]
     steps = config.engine.steps
     if config.engine.preset and steps is not None and steps not in preset.steps:

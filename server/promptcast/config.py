@@ -37,3 +37,5 @@ class Config:
     refine_steps: int | None = None  # None: about twice the default steps the model supports
     refine_full_vae: bool = False  # refined frames decoded with the full autoencoder
     log_level: str = "info"
+    ice_hosts: tuple[str, ...] = ()  # host candidates to offer; (): the machine's addresses
+    ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; (): none, no public server is contacted

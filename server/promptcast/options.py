@@ -59,3 +59,11 @@ class Options:
             flag, action="store_true", default=value in ("1", "true", "yes", "on"),
             help=f"{help} [env: {env}]",
         )
+
+    def multi(self, flag: str, env: str, help: str) -> None:
+        """A repeatable option; its environment twin holds the values separated by commas."""
+        value = os.environ.get(env, "")
+        self.parser.add_argument(
+            flag, action="append", default=[v.strip() for v in value.split(",") if v.strip()],
+            help=f"{help} (repeatable) [env: {env}, comma-separated]",
+        )

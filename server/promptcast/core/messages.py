@@ -30,6 +30,7 @@ class ErrorCode:
     STALE_SEQ = "stale_seq"
     IMAGE_MISSING = "image_missing"
     BAD_IMAGE = "bad_image"
+    WEBRTC_FAILED = "webrtc_failed"
     NOT_READY = "not_ready"
     SERVER_FULL = "server_full"
     ENGINE_ERROR = "engine_error"
@@ -71,7 +72,14 @@ class ImageMessage:
     strength: float | None = None
 
 
-ClientMessage = PromptMessage | ImageMessage
+@dataclass(frozen=True)
+class WebRTCOffer:
+    """The client asks for its frames as WebRTC video (SDP offer, answered with webrtc_answer)."""
+
+    sdp: str
+
+
+ClientMessage = PromptMessage | ImageMessage | WebRTCOffer
 IMAGE_FORMATS = ("jpeg", "png")
 
 
@@ -95,8 +103,17 @@ def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
         return _parse_prompt(obj, limits)
     if kind == "image":
         return _parse_image(obj)
+    if kind == "webrtc_offer":
+        sdp = obj.get("sdp")
+        if not isinstance(sdp, str) or not sdp:
+            raise ProtocolError(
+                ErrorCode.MISSING_FIELD if sdp is None else ErrorCode.BAD_TYPE,
+                "field 'sdp' must be a non-empty string (an SDP offer)",
+            )
+        return WebRTCOffer(sdp)
     raise ProtocolError(
-        ErrorCode.UNKNOWN_TYPE, f"unknown message type {_short(kind)}; expected 'prompt' or 'image'"
+        ErrorCode.UNKNOWN_TYPE,
+        f"unknown message type {_short(kind)}; expected 'prompt', 'image' or 'webrtc_offer'",
     )
 
 
@@ -303,7 +320,26 @@ class FrameHeader:
         }
 
 
-ServerMessage = Hello | ErrorMessage | Unchanged | FrameHeader
+@dataclass(frozen=True)
+class WebRTCAnswer:
+    sdp: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": "webrtc_answer", "sdp": self.sdp}
+
+
+@dataclass(frozen=True)
+class VideoState:
+    """Whether this session's frames now travel as WebRTC video or as WebSocket frames."""
+
+    transport: str  # "webrtc" | "websocket"
+    reason: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": "video", "transport": self.transport, "reason": self.reason}
+
+
+ServerMessage = Hello | ErrorMessage | Unchanged | FrameHeader | WebRTCAnswer | VideoState
 
 
 def serialise(message: ServerMessage) -> str:

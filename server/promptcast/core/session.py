@@ -17,6 +17,7 @@ from promptcast.core.messages import (
     ProtocolError,
     ServerMessage,
     Unchanged,
+    WebRTCOffer,
     parse_client_text,
 )
 from promptcast.core.scheduler import Job, RenderRequest
@@ -48,7 +49,14 @@ class Reply:
     message: ServerMessage
 
 
-Action = Submit | Reply
+@dataclass(frozen=True)
+class StartWebRTC:
+    """Answer this SDP offer; the session's frames then go out as WebRTC video."""
+
+    offer_sdp: str
+
+
+Action = Submit | Reply | StartWebRTC
 
 
 def _error(code: str, message: str, seq: int | None = None) -> list[Action]:
@@ -90,6 +98,8 @@ class Session:
             msg = parse_client_text(raw, self.limits)
         except ProtocolError as exc:
             return [*actions, *_error(exc.code, exc.message, exc.seq)]
+        if isinstance(msg, WebRTCOffer):  # signalling: no seq, no picture change
+            return [*actions, StartWebRTC(msg.sdp)]
         if msg.seq <= self.last_seq:
             return [
                 *actions,

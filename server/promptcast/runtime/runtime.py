@@ -16,7 +16,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from promptcast import __version__
 from promptcast.config import Config
@@ -31,7 +33,7 @@ from promptcast.core.messages import (
 )
 from promptcast.core.outbox import FrameDropReason, FrameSlot
 from promptcast.core.scheduler import Job, Scheduler
-from promptcast.core.session import RefinePolicy, Reply, Session, Submit
+from promptcast.core.session import Action, RefinePolicy, Reply, Session, StartWebRTC, Submit
 from promptcast.engine.image import BadImage, encode_jpeg
 from promptcast.engine.pipeline import Engine, RenderCancelled, Rendered
 from promptcast.runtime.metrics import Metrics
@@ -60,6 +62,16 @@ class EncodedFrame:
         return self.job.refined
 
 
+class VideoSink(Protocol):
+    """Where a session's frames go instead of the WebSocket once `active` (WebRTC video)."""
+
+    active: bool
+
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Connection:
     """One client as the runtime sees it: its core session plus what waits to be sent."""
 
@@ -69,6 +81,9 @@ class Connection:
         self.control: deque[ServerMessage] = deque(maxlen=CONTROL_BACKLOG)
         self.closed = False
         self.refine_timer: asyncio.TimerHandle | None = None
+        self.video: VideoSink | None = None
+        # Set by the transport that can answer WebRTC offers (called with the offer's SDP).
+        self.start_webrtc: Callable[[str], None] | None = None
         self._wake = asyncio.Event()
 
     def send(self, message: ServerMessage) -> None:
@@ -188,6 +203,9 @@ class Runtime:
 
     def close_session(self, conn: Connection) -> None:
         conn.closed = True
+        if conn.video is not None:  # frees the peer connection and its encoder
+            self.spawn(conn.video.close())
+            conn.video = None
         if conn.refine_timer is not None:
             conn.refine_timer.cancel()
         conn.frames.close()
@@ -200,12 +218,17 @@ class Runtime:
     def on_binary(self, conn: Connection, data: bytes) -> None:
         self._perform(conn, conn.session.receive_binary(data, time.monotonic()))
 
-    def _perform(self, conn: Connection, actions: list[Submit | Reply]) -> None:
+    def _perform(self, conn: Connection, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Submit):
                 self.metrics.prompts.inc()
                 self._submit(action.job)
                 self._preempt.set()
+            elif isinstance(action, StartWebRTC):
+                if conn.start_webrtc is None:
+                    conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, "WebRTC is not available here"))
+                else:
+                    conn.start_webrtc(action.offer_sdp)
             else:
                 self._reply(conn, action)
 
@@ -224,15 +247,18 @@ class Runtime:
 
     def frame_message(self, frame: EncodedFrame) -> tuple[str, bytes]:
         """The header and image to send for `frame`; called by the transport just before sending."""
-        total = time.monotonic() - frame.job.received_at
+        return serialise(self._frame_header(frame.job, frame.timings, "jpeg")), frame.jpeg
+
+    def _frame_header(self, job: Job, timings: dict[str, float], fmt: str) -> FrameHeader:
+        """Counts the frame as sent now, and describes it."""
+        total = time.monotonic() - job.received_at
         self.metrics.sent.inc()
         self.metrics.latency.observe(total)
-        req = frame.job.request
-        header = FrameHeader(
-            seq=frame.seq, width=req.width, height=req.height, seed=req.seed, steps=req.steps,
-            format="jpeg", timings={"total_ms": total * 1e3, **frame.timings}, refined=frame.refined,
+        req = job.request
+        return FrameHeader(
+            seq=job.seq, width=req.width, height=req.height, seed=req.seed, steps=req.steps,
+            format=fmt, timings={"total_ms": total * 1e3, **timings}, refined=job.refined,
         )
-        return serialise(header), frame.jpeg
 
     # ------------------------------------------------------------ the engine loop
 
@@ -267,7 +293,7 @@ class Runtime:
             if conn is not None and not job.refined:
                 conn.session.frame_rendered(job)
                 self._schedule_refine(conn)
-            self._spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+            self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
 
     # ------------------------------------------------------------ refining idle sessions
 
@@ -311,18 +337,26 @@ class Runtime:
         if conn is None:
             self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
             return
+        timings = {"queue_ms": queue_s * 1e3, **rendered.timings}
+        for stage, ms in timings.items():
+            self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
+        video = conn.video
+        if video is not None and video.active:
+            # The video encoder takes the pixels; no JPEG. Metadata goes with the frame.
+            video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
+            return
         t0 = time.monotonic()
         jpeg = await asyncio.to_thread(encode_jpeg, rendered.pixels, self.config.jpeg_quality)
         encode_s = time.monotonic() - t0
-        timings = {"queue_ms": queue_s * 1e3, **rendered.timings, "encode_ms": encode_s * 1e3}
-        for stage, ms in timings.items():
-            self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
+        timings["encode_ms"] = encode_s * 1e3
+        self.metrics.stage.labels("encode").observe(encode_s)
         if conn.closed:
             self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
             return
         conn.offer_frame(EncodedFrame(job.seq, job, jpeg, timings))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the runtime keeps a reference to until it ends."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

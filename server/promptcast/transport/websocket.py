@@ -9,6 +9,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from promptcast.core.messages import ErrorCode, ErrorMessage, serialise
 from promptcast.runtime.runtime import Connection, EncodedFrame, Runtime, ServerFull
+from promptcast.transport.webrtc import negotiate
 
 # RFC 6455 close codes.
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -25,6 +26,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except ServerFull as exc:
         await _refuse(websocket, ErrorCode.SERVER_FULL, str(exc))
         return
+    ice_servers = websocket.app.state.ice_servers
+    conn.start_webrtc = lambda sdp: runtime.spawn(negotiate(conn, sdp, ice_servers))
     sender = asyncio.create_task(_send_loop(websocket, runtime, conn))
     try:
         while True:

@@ -1,0 +1,190 @@
+"""WebRTC video for a session (aiortc): signalling arrives over /ws, frames leave as video.
+
+The track holds one frame, the newest: the encoder always gets the latest picture and never a
+backlog. Which seq each video frame shows goes to the page over a data channel, with the
+frame's RTP presentation timestamp, so the page can tell which keystroke it is displaying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+import aioice.ice
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from av import VideoFrame
+
+from promptcast.core.messages import ErrorCode, ErrorMessage, VideoState, WebRTCAnswer
+from promptcast.runtime.runtime import Connection
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90_000  # RTP clock rate of video
+# With no new picture, the last one is re-sent this often, so a receiver that lost packets
+# (or just joined) gets a fresh keyframe-able frame instead of a frozen broken one.
+REPEAT_AFTER_S = 1.0
+CONNECT_TIMEOUT_S = 10.0  # a peer that has not connected by then is closed
+
+
+def parse_ice_server(url: str) -> RTCIceServer:
+    """`stun:host:port` or `turn:user:password@host:port?transport=udp` as an RTCIceServer."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise ValueError(f"{url!r} is not a stun:/turn: URL")
+    username = credential = None
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        username, _, credential = userinfo.partition(":")
+    return RTCIceServer(urls=f"{scheme}:{rest}", username=username, credential=credential)
+
+
+def use_ice_host_addresses(addresses: Sequence[str]) -> None:
+    """Offer exactly these host candidates (e.g. 127.0.0.1 in tests, a public IP in a NAT-less
+    deployment). aioice has no per-connection setting for this, only its address lookup, which
+    also skips loopback: the lookup is replaced for this process, which serves one config."""
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [
+        a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+    ]
+
+
+class LatestFrameTrack(MediaStreamTrack):
+    """A video track that yields the newest offered frame, never an older one."""
+
+    kind = "video"
+
+    def __init__(self, on_sent: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._on_sent = on_sent
+        self._pending: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._last: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._new = asyncio.Event()
+        self._start = time.monotonic()
+        self._last_pts = -1
+
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None:
+        """pixels: (H, W, 3) uint8 RGB. Replaces any frame not yet taken by the encoder."""
+        self._pending = (pixels, meta)
+        self._new.set()
+
+    async def recv(self) -> VideoFrame:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new.wait(), REPEAT_AFTER_S)
+            self._new.clear()
+            item = self._pending or self._last
+            if item is not None:
+                break
+        self._pending, self._last = None, item
+        pixels, meta = item
+        # Colour conversion of a large frame takes milliseconds: not on the event loop.
+        frame = await asyncio.to_thread(_to_video_frame, pixels)
+        pts = max(self._last_pts + 1, int((time.monotonic() - self._start) * VIDEO_CLOCK))
+        self._last_pts = pts
+        frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK)
+        self._on_sent({**meta, "pts": pts})
+        return frame
+
+
+def _to_video_frame(pixels: np.ndarray) -> VideoFrame:
+    return VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
+
+
+class WebRTCPeer:
+    """One session's peer connection: the video track, and the data channel for frame metadata.
+    Implements the runtime's VideoSink."""
+
+    def __init__(self, conn: Connection, ice_servers: Sequence[RTCIceServer]) -> None:
+        self.conn = conn
+        self.active = False
+        # An explicit list, even empty: aiortc's default contacts a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
+        self.track = LatestFrameTrack(self._send_meta)
+        self.pc.addTrack(self.track)
+        self._channel: Any = None
+        self._closed = False
+        self._fallback: asyncio.Future[None] | None = None
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+        self._timeout = asyncio.get_running_loop().call_later(CONNECT_TIMEOUT_S, self._give_up)
+
+    async def answer(self, offer_sdp: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
+        return str(self.pc.localDescription.sdp)
+
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None:
+        self.track.offer(pixels, meta)
+
+    def _on_datachannel(self, channel: Any) -> None:
+        self._channel = channel
+
+    def _send_meta(self, meta: dict[str, Any]) -> None:
+        channel = self._channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(json.dumps(meta, separators=(",", ":")))
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected" and not self.active:
+            self._timeout.cancel()
+            self.active = True
+            self.conn.send(VideoState("webrtc"))
+        elif state in ("failed", "closed", "disconnected"):
+            await self._fall_back(f"peer connection {state}")
+
+    def _give_up(self) -> None:
+        if not self.active:
+            self._fallback = asyncio.ensure_future(self._fall_back("peer connection timed out"))
+
+    async def _fall_back(self, reason: str) -> None:
+        if self._closed:
+            return
+        was_active = self.active
+        await self.close()
+        if self.conn.video is self:
+            self.conn.video = None
+        if not self.conn.closed:
+            log.info("session %s: %s; frames go over the WebSocket", self.conn.session.id, reason)
+            self.conn.send(VideoState("websocket", reason if was_active or reason else ""))
+
+    async def close(self) -> None:
+        self._closed = True
+        self.active = False
+        self._timeout.cancel()
+        self.track.stop()
+        await self.pc.close()
+
+
+async def negotiate(conn: Connection, offer_sdp: str, ice_servers: Sequence[RTCIceServer]) -> None:
+    """Answer a session's offer; until the peer connects, frames keep going over the WebSocket."""
+    old = conn.video
+    if isinstance(old, WebRTCPeer):
+        conn.video = None
+        await old.close()
+    peer = WebRTCPeer(conn, ice_servers)
+    conn.video = peer
+    try:
+        answer = await peer.answer(offer_sdp)
+    except Exception as exc:  # a malformed SDP is the client's fault, not a server error
+        await peer.close()
+        conn.video = None
+        conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, f"could not answer the offer: {exc}"))
+        return
+    if conn.closed:
+        await peer.close()
+        return
+    conn.send(WebRTCAnswer(answer))

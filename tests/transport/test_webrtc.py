@@ -1,0 +1,99 @@
+"""WebRTC video: signalling over /ws, a real aiortc peer as the client, on 127.0.0.1 only.
+
+Both peers live in this process and offer only 127.0.0.1 as host candidate (--ice-host), and
+no STUN/TURN server is configured, so no packet leaves the loopback interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from promptcast.engine.pipeline import Engine
+
+from ..conftest import connect, recv_json, run_server
+
+
+async def open_video(ws: Any) -> tuple[RTCPeerConnection, Any, list[dict[str, Any]]]:
+    """Offer to receive video plus a data channel; returns the peer, its track, and the frame
+    metadata received so far (filled in as it arrives)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    channel = pc.createDataChannel("frames")
+    metas: list[dict[str, Any]] = []
+    channel.on("message", lambda raw: metas.append(json.loads(raw)))
+    pc.addTransceiver("video", direction="recvonly")
+    track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track.done() or track.set_result(t))
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send(json.dumps({"type": "webrtc_offer", "sdp": pc.localDescription.sdp}))
+    answer = await recv_json(ws)
+    assert answer["type"] == "webrtc_answer", answer
+    assert "127.0.0.1" in answer["sdp"]
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    state = await recv_json(ws, timeout=20)
+    assert state == {"type": "video", "transport": "webrtc", "reason": ""}
+    return pc, await asyncio.wait_for(track, 10), metas
+
+
+def prompt(seq: int, text: str) -> str:
+    return json.dumps({"type": "prompt", "seq": seq, "text": text, "width": 64, "height": 64})
+
+
+async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        pc, track, metas = await open_video(ws)
+        for seq, text in enumerate(["a", "a r", "a re", "a red"], start=1):
+            await ws.send(prompt(seq, text))
+        frame = await asyncio.wait_for(track.recv(), 20)
+        assert (frame.width, frame.height) == (64, 64)
+        for _ in range(200):
+            if any(m["seq"] == 4 for m in metas):
+                break
+            await asyncio.sleep(0.05)
+        last = next(m for m in metas if m["seq"] == 4)
+        assert last["type"] == "frame" and last["format"] == "video" and last["pts"] >= 0
+        assert last["timings"]["total_ms"] > 0
+        assert [m["seq"] for m in metas] == sorted(m["seq"] for m in metas)
+        # No JPEG frames on the WebSocket while video flows.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.5)
+        await pc.close()
+        # The peer went away: frames come over the WebSocket again.
+        state = await recv_json(ws, timeout=20)
+        assert state["type"] == "video" and state["transport"] == "websocket"
+        await ws.send(prompt(5, "a red fox"))
+        header = await recv_json(ws)
+        assert header["type"] == "frame" and header["format"] == "jpeg"
+        await ws.close()
+
+
+async def test_closing_the_socket_frees_the_peer(engine: Engine) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        pc, _, _ = await open_video(ws)
+        conn = next(iter(srv.runtime.connections.values()))
+        peer = conn.video
+        assert peer is not None and peer.active
+        await ws.close()
+        for _ in range(100):
+            if peer.pc.connectionState == "closed":
+                break
+            await asyncio.sleep(0.05)
+        assert peer.pc.connectionState == "closed"
+        await pc.close()
+
+
+async def test_a_bad_offer_is_an_error_not_a_crash(engine: Engine) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(json.dumps({"type": "webrtc_offer", "sdp": "v=0 nonsense"}))
+        err = await recv_json(ws)
+        assert err["type"] == "error" and err["code"] == "webrtc_failed"
+        await ws.send(prompt(1, "still fine"))
+        assert (await recv_json(ws))["type"] == "frame"
+        await ws.close()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from promptcast.config import Config
 from promptcast.engine.pipeline import Engine
@@ -17,6 +19,8 @@ from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.runtime import Runtime
 from promptcast.transport.webrtc import parse_ice_server, use_ice_host_addresses
 from promptcast.transport.websocket import websocket_endpoint
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "client" / "web"
 
 
 def create_app(
@@ -56,12 +60,12 @@ def create_app(
     async def metrics_route(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_route),
-            WebSocketRoute("/ws", websocket_endpoint),
-        ],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_route),
+        WebSocketRoute("/ws", websocket_endpoint),
+    ]
+    if WEB_DIR.is_dir():  # the page lives in the source tree (editable installs)
+        routes.append(Mount("/", StaticFiles(directory=WEB_DIR, html=True)))
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,154 @@
+// The prompt-as-you-type page: sends the prompt on every input event (the server coalesces,
+// so there is no debounce here) and shows the newest frame, as WebRTC video or as WebSocket
+// JPEGs drawn on a canvas, with frames/s and keystroke-to-picture latency measured here.
+
+import { Connection } from "./connection.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+
+const state = {
+  seq: 0,
+  sentAt: new Map(), // seq -> performance.now() when sent
+  shownSeq: -1,
+  latencies: [], // recent keystroke-to-picture, ms
+  shownTimes: [], // display times in the last second, for frames/s
+  transport: "websocket",
+  metas: [], // WebRTC frame metadata not yet matched to a displayed video frame
+  rtpOrigin: null, // RTP timestamp of pts 0 (random per stream)
+};
+window.promptcast = state; // for tests and the curious
+
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d");
+const video = $("video");
+
+const conn = new Connection(wsUrl, {
+  state: (s) => { $("status").dataset.state = s; $("status").textContent = s; },
+  hello,
+  message: () => {},
+  jpeg: drawJpeg,
+  video: { track: showVideo, meta: (m) => state.metas.push(m) },
+  transport: setTransport,
+  error: (msg) => showError(`${msg.code}: ${msg.message}`),
+}, { webrtc: params.get("transport") !== "websocket" });
+
+function hello(msg) {
+  const model = msg.model;
+  $("model").textContent = `${model.name} (${model.preset}, ${model.scheduler}, ${model.decoder})`;
+  $("seed").value = msg.session.seed;
+  fill($("steps"), model.steps.allowed.map((s) => [s, s]), model.steps.default);
+  fill($("size"), model.sizes.allowed.map(([w, h]) => [`${w}x${h}`, `${w}×${h}`]),
+       model.sizes.default.join("x"));
+  showError("");
+  if ($("prompt").value) sendPrompt(); // after a reconnect, show the text as it stands
+}
+
+function fill(select, options, selected) {
+  select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
+  select.value = String(selected);
+}
+
+function sendPrompt(extra = {}) {
+  state.seq += 1;
+  const [width, height] = $("size").value.split("x").map(Number);
+  const message = {
+    type: "prompt", seq: state.seq, text: $("prompt").value,
+    seed: Number($("seed").value), steps: Number($("steps").value), width, height, ...extra,
+  };
+  if (conn.send(message)) state.sentAt.set(state.seq, performance.now());
+}
+
+$("prompt").addEventListener("input", () => sendPrompt());
+for (const id of ["seed", "steps", "size"]) $(id).addEventListener("change", () => sendPrompt());
+$("new-seed").addEventListener("click", () => {
+  $("seed").value = Math.floor(Math.random() * 2 ** 32);
+  sendPrompt();
+});
+$("download").addEventListener("click", download);
+
+// ---------------------------------------------------------------- display and measurement
+
+function shown(seq) {
+  const now = performance.now();
+  if (seq > state.shownSeq) {
+    const sent = state.sentAt.get(seq);
+    if (sent !== undefined) {
+      state.latencies.push(now - sent);
+      if (state.latencies.length > 50) state.latencies.shift();
+    }
+    for (const s of state.sentAt.keys()) if (s <= seq) state.sentAt.delete(s);
+    state.shownSeq = seq;
+    $("shown-seq").textContent = seq;
+  }
+  state.shownTimes.push(now);
+}
+
+async function drawJpeg(header, blob) {
+  if (state.transport !== "websocket") return;
+  const bitmap = await createImageBitmap(blob);
+  if (canvas.width !== bitmap.width) canvas.width = bitmap.width;
+  if (canvas.height !== bitmap.height) canvas.height = bitmap.height;
+  ctx.drawImage(bitmap, 0, 0);
+  shown(header.seq);
+}
+
+function showVideo(stream) {
+  video.srcObject = stream;
+  video.play().catch(() => {});
+  const onFrame = (_now, meta) => {
+    const seq = seqOfVideoFrame(meta.rtpTimestamp);
+    if (seq !== null && state.transport === "webrtc") shown(seq);
+    video.requestVideoFrameCallback(onFrame);
+  };
+  if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(onFrame);
+}
+
+// The server sends each video frame's pts (90 kHz) over the data channel; the displayed frame's
+// RTP timestamp is pts plus a random per-stream origin, learned from the first frame.
+function seqOfVideoFrame(rtp) {
+  if (rtp === undefined || state.metas.length === 0) return null;
+  if (state.rtpOrigin === null) state.rtpOrigin = (rtp - state.metas.at(-1).pts) >>> 0;
+  const pts = (rtp - state.rtpOrigin) >>> 0;
+  const index = state.metas.findIndex((m) => m.pts === pts);
+  if (index < 0) return null;
+  const meta = state.metas[index];
+  state.metas.splice(0, index + 1);
+  return meta.seq;
+}
+
+function setTransport(name, reason) {
+  state.transport = name;
+  video.hidden = name !== "webrtc";
+  canvas.hidden = name === "webrtc";
+  $("transport").textContent = name === "webrtc" ? "WebRTC video" : `WebSocket frames${reason ? ` (${reason})` : ""}`;
+  state.rtpOrigin = null;
+}
+
+function showError(text) {
+  $("error").hidden = !text;
+  $("error").textContent = text;
+}
+
+setInterval(() => {
+  const now = performance.now();
+  state.shownTimes = state.shownTimes.filter((t) => now - t < 1000);
+  $("fps").textContent = state.shownTimes.length;
+  const sorted = [...state.latencies].sort((a, b) => a - b);
+  $("latency").textContent = sorted.length ? Math.round(sorted[Math.floor(sorted.length / 2)]) : "–";
+}, 250);
+
+function download() {
+  const out = document.createElement("canvas");
+  const source = state.transport === "webrtc" ? video : canvas;
+  out.width = source.videoWidth || source.width;
+  out.height = source.videoHeight || source.height;
+  out.getContext("2d").drawImage(source, 0, 0);
+  out.toBlob((blob) => {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = `promptcast-${state.shownSeq}.png`;
+    a.click();
+  }, "image/png");
+}

@@ -1,0 +1,124 @@
+// The link to the server: one WebSocket for control (and frames when WebRTC is not in use),
+// reconnecting by itself, plus an optional WebRTC peer connection for video.
+// It decides nothing about the page; it reports events to the callbacks it is given.
+
+const WEBRTC_TIMEOUT_MS = 5000; // no video by then (UDP blocked, strict NAT): use WebSocket frames
+const RECONNECT_MIN_MS = 300;
+const RECONNECT_MAX_MS = 5000;
+
+export class Connection {
+  constructor(url, handlers, { webrtc = true } = {}) {
+    this.url = url;
+    this.on = handlers; // {state, hello, message, jpeg, video, transport, error}
+    this.useWebRTC = webrtc && typeof RTCPeerConnection !== "undefined";
+    this.ws = null;
+    this.pc = null;
+    this.pendingHeader = null; // a frame header waiting for its binary JPEG
+    this.retryMs = RECONNECT_MIN_MS;
+    this.open();
+  }
+
+  open() {
+    this.on.state(this.ws ? "reconnecting" : "connecting");
+    const ws = new WebSocket(this.url);
+    ws.binaryType = "blob";
+    this.ws = ws;
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this.closeVideo();
+      this.on.state("reconnecting");
+      setTimeout(() => this.open(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
+    };
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(message));
+      return true;
+    }
+    return false;
+  }
+
+  receive(data) {
+    if (typeof data !== "string") {
+      if (this.pendingHeader) this.on.jpeg(this.pendingHeader, data);
+      this.pendingHeader = null;
+      return;
+    }
+    const msg = JSON.parse(data);
+    switch (msg.type) {
+      case "hello":
+        this.retryMs = RECONNECT_MIN_MS;
+        this.on.state("connected");
+        this.on.hello(msg);
+        if (this.useWebRTC) this.startVideo();
+        else this.on.transport("websocket", "WebRTC disabled");
+        break;
+      case "frame":
+        this.pendingHeader = msg;
+        break;
+      case "webrtc_answer":
+        this.pc?.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        break;
+      case "video":
+        if (msg.transport === "webrtc") {
+          clearTimeout(this.videoTimer);
+          this.on.transport("webrtc", "");
+        } else {
+          this.closeVideo();
+          this.on.transport("websocket", msg.reason || "WebRTC closed");
+        }
+        break;
+      case "error":
+        if (msg.code === "webrtc_failed") this.fallBack(msg.message);
+        this.on.error(msg);
+        break;
+      default:
+        this.on.message(msg);
+    }
+  }
+
+  async startVideo() {
+    this.closeVideo();
+    // No STUN/TURN from the page: the server's candidates are all it needs on a LAN or
+    // loopback; a deployment behind NAT configures TURN on the server.
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    this.pc = pc;
+    const channel = pc.createDataChannel("frames");
+    channel.onmessage = (event) => this.on.video.meta(JSON.parse(event.data));
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (event) => this.on.video.track(event.streams[0] || new MediaStream([event.track]));
+    this.videoTimer = setTimeout(() => this.fallBack("WebRTC did not connect in time"), WEBRTC_TIMEOUT_MS);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringComplete(pc); // the server takes all candidates in the offer
+      if (this.pc !== pc) return;
+      this.send({ type: "webrtc_offer", sdp: pc.localDescription.sdp });
+    } catch (err) {
+      this.fallBack(`WebRTC failed: ${err}`);
+    }
+  }
+
+  fallBack(reason) {
+    if (!this.pc) return;
+    this.closeVideo();
+    this.on.transport("websocket", reason);
+  }
+
+  closeVideo() {
+    clearTimeout(this.videoTimer);
+    if (this.pc) this.pc.close();
+    this.pc = null;
+  }
+}
+
+function iceGatheringComplete(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => pc.iceGatheringState === "complete" && resolve();
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 2000); // gather what there is; loopback needs no more
+  });
+}

@@ -1,0 +1,161 @@
+"""The page at / in a real headless Chromium (Debian's, driven by Playwright), against a real
+server on 127.0.0.1.
+
+WebRTC tests need a loopback-only network namespace (the README's test command runs pytest in
+one): outside it Chromium offers this machine's other addresses as ICE candidates and aiortc
+would send connectivity checks to them. Test traffic must only go to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promptcast.bench import free_port
+from promptcast.engine.pipeline import Engine
+
+from ..conftest import run_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    # Loopback WebRTC: without these two, ICE never completes and nothing says why.
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def loopback_only() -> bool:
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return [line.split(":")[0].strip() for line in lines] == ["lo"]
+
+
+if not Path(CHROMIUM).exists():
+    reason = "Debian's chromium is not installed (apt-get install chromium)"
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must run the browser tests: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+needs_netns = pytest.mark.skipif(
+    not loopback_only(),
+    reason="WebRTC in a browser is tested only inside a loopback-only network namespace "
+    "(unshare -rn; see the README's test command)",
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+async def open_page(browser: Any, url: str, init_script: str | None = None) -> Any:
+    # A context per simulated client: a background tab would be throttled to about 1 fps.
+    context = await browser.new_context(viewport={"width": 760, "height": 900})
+    page = await context.new_page()
+    if init_script:
+        await page.add_init_script(init_script)
+    await page.goto(url)
+    await page.wait_for_function("document.getElementById('status').dataset.state === 'connected'",
+                                 timeout=20000)
+    return page
+
+
+async def type_and_wait(page: Any, text: str, timeout: int = 20000) -> int:
+    await page.fill("#prompt", "")
+    await page.type("#prompt", text, delay=30)
+    final = await page.evaluate("window.promptcast.seq")
+    await page.wait_for_function(f"window.promptcast.shownSeq >= {final}", timeout=timeout)
+    return int(final)
+
+
+async def test_page_over_websocket_frames(engine: Engine, browser: Any) -> None:
+    async with run_server(engine) as srv:
+        page = await open_page(browser, srv.http_url + "/?transport=websocket")
+        assert "promptcast-tiny" in await page.inner_text("#model")
+        assert await page.eval_on_selector_all("#size option", "o => o.map(x => x.value)") == [
+            "64x64", "128x128", "256x256"]
+        final = await type_and_wait(page, "a red fox")
+        assert await page.evaluate("window.promptcast.shownSeq") == final
+        assert "WebSocket" in await page.inner_text("#transport")
+        # The canvas holds the picture at the session's size.
+        assert await page.evaluate("[canvas.width, canvas.height]") == [128, 128]
+        await page.select_option("#size", "64x64")
+        await page.wait_for_function("canvas.width === 64", timeout=20000)
+
+
+@needs_netns
+async def test_webrtc_video_follows_typing(engine: Engine, browser: Any) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        page = await open_page(browser, srv.http_url + "/")
+        await page.wait_for_function("window.promptcast.transport === 'webrtc'", timeout=20000)
+        final = await type_and_wait(page, "a lighthouse at night")
+        decoded = await page.evaluate("video.getVideoPlaybackQuality().totalVideoFrames")
+        assert decoded >= 1
+        assert await page.evaluate("window.promptcast.shownSeq") == final
+        latency = await page.inner_text("#latency")
+        assert latency.isdigit() and int(latency) > 0
+
+
+@needs_netns
+async def test_two_clients_get_their_own_streams(engine: Engine, browser: Any) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        a = await open_page(browser, srv.http_url + "/")
+        b = await open_page(browser, srv.http_url + "/")
+        for page in (a, b):
+            await page.wait_for_function("window.promptcast.transport === 'webrtc'", timeout=20000)
+        final_a = await type_and_wait(a, "a red fox")
+        final_b = await type_and_wait(b, "a blue whale swimming")
+        assert (final_a, final_b) == (9, 21)
+        assert len(srv.runtime.connections) == 2
+        peers = [c.video for c in srv.runtime.connections.values()]
+        assert all(p is not None and p.active for p in peers) and peers[0] is not peers[1]
+
+
+@needs_netns
+async def test_webrtc_that_cannot_connect_falls_back_to_websocket_frames(
+    engine: Engine, browser: Any
+) -> None:
+    # As if UDP were blocked: the page drops the server's ICE candidates from its answer.
+    block_udp = """
+      const Real = window.RTCPeerConnection;
+      window.RTCPeerConnection = class extends Real {
+        setRemoteDescription(desc) {
+          const sdp = desc.sdp.split("\\r\\n").filter((l) => !l.startsWith("a=candidate")).join("\\r\\n");
+          return super.setRemoteDescription({ type: desc.type, sdp });
+        }
+      };
+    """
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        page = await open_page(browser, srv.http_url + "/", init_script=block_udp)
+        await page.wait_for_function(
+            "document.getElementById('transport').textContent.includes('WebSocket frames (')",
+            timeout=20000)
+        assert "did not connect" in await page.inner_text("#transport")
+        await type_and_wait(page, "a fallback picture")
+        assert await page.evaluate("window.promptcast.transport") == "websocket"
+
+
+async def test_page_reconnects_after_a_server_restart(engine: Engine, browser: Any) -> None:
+    port = free_port()
+    async with run_server(engine, port=port) as srv:
+        page = await open_page(browser, srv.http_url + "/?transport=websocket")
+        await type_and_wait(page, "before")
+    await page.wait_for_function(
+        "document.getElementById('status').dataset.state === 'reconnecting'", timeout=20000)
+    async with run_server(engine, port=port):
+        await page.wait_for_function(
+            "document.getElementById('status').dataset.state === 'connected'", timeout=30000)
+        # The page re-sends the text as it stands, then typing goes on.
+        final = await type_and_wait(page, "after the restart")
+        assert await page.evaluate("window.promptcast.shownSeq") == final

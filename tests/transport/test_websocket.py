@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import urllib.request
 from typing import Any
 
@@ -200,8 +201,12 @@ async def test_health_ready_and_metrics(server: Server) -> None:
         "promptcast_sessions 1.0",
         "promptcast_prompt_cache_misses_total",
         "promptcast_ready 1.0",
+        "promptcast_event_loop_lag_max_seconds",
     ):
         assert name in metrics, name
+    # The loop is watched once ready, so by the time a frame came back it has been sampled.
+    lag_count = re.search(r"^promptcast_event_loop_lag_seconds_count (\S+)", metrics, re.M)
+    assert lag_count is not None and float(lag_count.group(1)) > 0
 
 
 async def test_server_full_refuses_with_try_again_later(engine: Engine) -> None:

@@ -46,6 +46,14 @@ class Metrics:
             buckets=STAGE_BUCKETS, registry=r,
         )
         self.ready = Gauge("promptcast_ready", "1 once the model is loaded and warmed", registry=r)
+        self.loop_lag = Histogram(
+            "promptcast_event_loop_lag_seconds",
+            "How late a 10 ms timer fired once ready: how long a stalled loop held up every client",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1), registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "promptcast_event_loop_lag_max_seconds", "Longest event-loop stall seen", registry=r
+        )
 
     def watch(self, source: Callable[[], dict[str, object]]) -> None:
         """Export counts that the core and engine keep themselves, read at scrape time."""

@@ -125,6 +125,7 @@ class Runtime:
         self._work = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
         metrics.watch(self._snapshot)
 
     # ------------------------------------------------------------ lifecycle
@@ -160,6 +161,9 @@ class Runtime:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: sizes %s, steps %s", self.engine.limits.sizes, self.engine.limits.steps)
+        # Watched from here on: loading holds the GIL in long stretches (hundreds of ms on
+        # this CPU) before any client is served; what matters is the loop while serving.
+        self._lag_watch = asyncio.create_task(self._watch_loop_lag())
         await self._dispatch()
 
     def _refine_policy(self) -> RefinePolicy | None:
@@ -172,9 +176,25 @@ class Runtime:
             return None  # nothing a refine could improve on the default picture
         return RefinePolicy(cfg.refine_after_ms / 1e3, steps, cfg.refine_full_vae)
 
+    async def _watch_loop_lag(self, interval: float = 0.01) -> None:
+        """Anything that blocks the loop while serving (encoding on it, a slow callback) delays
+        every client; this measures it, as the lateness of a short timer."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - before - interval)
+            self.metrics.loop_lag.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.metrics.loop_lag_max.set(lag)
+
     async def stop(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
         if self._started is not None:
             self._started.cancel()
             await asyncio.gather(self._started, return_exceptions=True)

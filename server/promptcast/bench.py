@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptcast.options import Options, parse_size, positive_int
+from promptcast.options import Options, parse_batch_sizes, parse_size, positive_int
 
 DEFAULT_TEXTS = (
     "a red fox sitting in a snowy forest at dawn",
@@ -238,9 +238,56 @@ def add_parser(sub: Any) -> None:
     o.add("--device", "PROMPTCAST_BENCH_DEVICE", "auto", "device for the local server")
     o.add("--json", "PROMPTCAST_BENCH_JSON", None, "also write the report as JSON to this file")
     p.add_argument("--text", action="append", help="a prompt to type (repeatable)")
+    engine = p.add_argument_group(
+        "engine benchmark", "with --arch: the engine alone on a real architecture with random "
+        "weights (same FLOPs and time as the real model, nothing to download), against the stock "
+        "diffusers pipeline in the same run; --steps and --device apply too")
+    o = Options(engine)  # type: ignore[arg-type]
+    o.add("--arch", "PROMPTCAST_BENCH_ARCH", None, "architecture: sdxl, sd15, sd21 or tiny",
+          choices=["sdxl", "sd15", "sd21", "tiny"])
+    o.flag("--random-weights", "PROMPTCAST_BENCH_RANDOM_WEIGHTS",
+           "build --arch from its public config with random weights (the only source --arch has)")
+    o.add("--resolution", "PROMPTCAST_BENCH_RESOLUTION", None,
+          "square image size in pixels (default: the architecture's native size)", type=positive_int)
+    o.add("--batch", "PROMPTCAST_BENCH_BATCH", (1,), "batch sizes to time, e.g. 1,2,4,8",
+          type=parse_batch_sizes)
+    o.add("--compile", "PROMPTCAST_BENCH_COMPILE", "auto",
+          "engine mode: auto (cuda-graphs on CUDA, eager on CPU), eager, compile, cuda-graphs",
+          choices=["auto", "eager", "compile", "cuda-graphs"])
+    o.add("--compile-cache", "PROMPTCAST_BENCH_COMPILE_CACHE", None,
+          "folder for compiled kernels (default: ~/.cache/promptcast/torch-compile)")
+    o.add("--dtype", "PROMPTCAST_BENCH_DTYPE", "auto", "auto (float16 on GPU, float32 on CPU), "
+          "float32, float16 or bfloat16", choices=["auto", "float32", "float16", "bfloat16"])
+    o.add("--iterations", "PROMPTCAST_BENCH_ITERATIONS", 20, "timed repetitions per measurement",
+          type=positive_int)
+    o.flag("--no-stock", "PROMPTCAST_BENCH_NO_STOCK", "skip the stock diffusers pipeline")
+
+
+NATIVE_RESOLUTION = {"sdxl": 1024, "sd15": 512, "sd21": 512, "tiny": 128}
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    from promptcast.engine import benchmark
+
+    if not args.random_weights:
+        print("--arch needs --random-weights (real weights are benchmarked with a running server: "
+              "promptcast bench --url or --model)", file=sys.stderr)
+        return 2
+    result = benchmark.run(
+        args.arch, args.device, args.dtype, args.resolution or NATIVE_RESOLUTION[args.arch],
+        args.steps or 1, args.batch, args.compile, args.iterations, not args.no_stock,
+        args.compile_cache,
+    )
+    print(benchmark.table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(benchmark.to_json(result))
+    return 0
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.arch:
+        return run_engine_bench(args)
     texts = tuple(args.text or DEFAULT_TEXTS)
 
     def bench(url: str) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from promptcast import __version__
 from promptcast.config import Config, EngineConfig
 from promptcast.engine.model_index import ModelLoadError, read_model_index
 from promptcast.engine.presets import PRESETS, fetch_hint
-from promptcast.options import Options, parse_size, parse_sizes, port_number, positive_int
+from promptcast.options import (
+    Options,
+    parse_batch_sizes,
+    parse_size,
+    parse_sizes,
+    port_number,
+    positive_int,
+)
 
 log = logging.getLogger("promptcast")
 
@@ -64,6 +71,18 @@ def _serve_parser(sub: Any) -> None:
     o.add("--sizes", "PROMPTCAST_SIZES", (),
           "comma-separated sizes clients may ask for, e.g. 256x256,512x512 "
           "(default: half, once and twice the native size)", type=parse_sizes)
+    o.add("--batch-sizes", "PROMPTCAST_BATCH_SIZES", (1, 2, 4, 8),
+          "batch sizes the engine may render at once: waiting jobs of different sessions with the "
+          "same size and steps share one batch; each size is a compiled/captured shape bucket "
+          "(1 alone turns batching off)", type=parse_batch_sizes)
+    o.add("--compile", "PROMPTCAST_COMPILE", "auto",
+          "how the UNet and the tiny decoder run: eager; compile (torch.compile, every size and "
+          "batch size at start-up); cuda-graphs (compile, then capture each bucket in a CUDA "
+          "graph); auto: cuda-graphs on CUDA, eager on CPU",
+          choices=["auto", "eager", "compile", "cuda-graphs"])
+    o.add("--compile-cache", "PROMPTCAST_COMPILE_CACHE", None,
+          "folder where compiled kernels persist, so restarts skip most compiling "
+          "(default: ~/.cache/promptcast/torch-compile)")
     o.add("--prompt-cache-size", "PROMPTCAST_PROMPT_CACHE_SIZE", 256,
           "prompt embeddings kept in the LRU cache", type=positive_int)
     o.add("--cpu-threads", "PROMPTCAST_CPU_THREADS", 1,
@@ -106,7 +125,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         **{
             name: getattr(args, name)
             for name in ("device", "dtype", "guidance", "max_steps", "sizes", "size",
-                         "prompt_cache_size", "cpu_threads")
+                         "prompt_cache_size", "cpu_threads", "batch_sizes", "compile",
+                         "compile_cache")
             if hasattr(args, name)
         },
     )

@@ -21,6 +21,9 @@ class EngineConfig:
     size: tuple[int, int] | None = None  # default size; None: native
     prompt_cache_size: int = 256
     cpu_threads: int = 1
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # batches of sessions' jobs the engine runs at once
+    compile: str = "auto"  # auto (cuda-graphs on CUDA, eager on CPU) | eager | compile | cuda-graphs
+    compile_cache: str | None = None  # folder for compiled kernels; None: ~/.cache/promptcast/torch-compile
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """"1,2,4,8" -> (1, 2, 4, 8): sorted, and always with 1 (a lone job must have a bucket)."""
+    try:
+        sizes = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of batch sizes like 1,2,4,8") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
+    return tuple(sorted(sizes | {1}))
+
+
 def port_number(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 
@@ -79,6 +80,39 @@ def test_finishing_a_job_of_a_removed_session_is_harmless() -> None:
     s.remove_session("a")
     s.finish(running)
     assert s.next_job() is None and s.running == 0
+
+
+def sized(session: str, seq: int, size: int, image: bytes | None = None) -> Job:
+    return Job(session, seq, RenderRequest(f"{session}{seq}", 0, 1, size, size, image), 0.0)
+
+
+def test_sessions_of_one_shape_run_as_one_batch_in_round_order() -> None:
+    s = Scheduler()
+    for name, size in (("a", 64), ("b", 128), ("c", 64), ("d", 64), ("e", 64)):
+        s.submit(sized(name, 1, size))
+    batch = s.next_batch(3)
+    assert [j.session_id for j in batch] == ["a", "c", "d"]  # b's shape differs; the cap is 3
+    assert s.running == 3
+    assert [j.session_id for j in s.next_batch(8)] == ["b"]  # b's turn: its own shape
+    assert [j.session_id for j in s.next_batch(8)] == ["e"]
+    # Sessions in a running batch wait for it, like a session whose single job runs.
+    s.submit(sized("a", 2, 64))
+    assert s.next_batch(8) == []
+    for j in batch:
+        s.finish(j)
+    assert s.next_batch(8) == [sized("a", 2, 64)]
+
+
+def test_img2img_and_refines_are_not_batched_with_updates() -> None:
+    s = Scheduler()
+    s.submit(sized("a", 1, 64, image=b"jpeg"))
+    s.submit(sized("b", 1, 64, image=b"jpeg"))
+    s.submit(dataclasses.replace(sized("c", 1, 64), refined=True))
+    s.submit(sized("d", 1, 64))
+    assert [j.session_id for j in s.next_batch(8)] == ["a"]  # img2img renders alone
+    assert [j.session_id for j in s.next_batch(8)] == ["b"]
+    assert [j.session_id for j in s.next_batch(8)] == ["d"]  # updates before refines
+    assert [j.session_id for j in s.next_batch(8)] == ["c"]
 
 
 # ------------------------------------------------------------ simulation with a fake clock

@@ -210,3 +210,13 @@ def test_refine_steps_are_about_twice_the_default(engine: Engine) -> None:
     assert engine.refine_steps(8) == 8
     with pytest.raises(ModelLoadError, match="refine steps 9"):
         engine.refine_steps(9)
+
+
+def test_a_batch_gives_each_request_the_frame_it_gets_alone(engine: Engine) -> None:
+    batch = [req("a red circle", seed=1), req("a blue square", seed=2), req("a red circle", seed=3)]
+    together = engine.render_batch(batch)
+    assert [f.batch_size for f in together] == [3, 3, 3]
+    for request, frame in zip(batch, together, strict=True):
+        alone = engine.render(request).pixels.astype(int)
+        assert np.abs(frame.pixels.astype(int) - alone).max() <= 1  # batched matmuls round alike
+    assert not np.array_equal(together[0].pixels, together[2].pixels)  # seeds differ

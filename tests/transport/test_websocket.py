@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import re
+import threading
 import urllib.request
 from typing import Any
 
@@ -13,7 +14,6 @@ import pytest
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 
-from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.pipeline import Engine, Rendered
 
 from ..conftest import Server, connect, frames_until, recv_json, run_server
@@ -224,29 +224,78 @@ async def test_server_full_refuses_with_try_again_later(engine: Engine) -> None:
 
 
 class FlakyEngine(Engine):
-    """The real engine, failing on one prompt: a fake for a device fault."""
+    """The real engine, failing on one prompt (a fake for a device fault). A "hold" prompt
+    keeps the engine busy until released, so that other sessions' jobs wait and then run
+    as one batch."""
 
-    def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
-        if req.text == "boom":
+    def render_batch(self, reqs: Any, cancelled: Any = None) -> list[Rendered]:
+        if reqs[0].text == "hold":
+            self.holding.set()
+            assert self.release.wait(20)
+        if reqs[0].text not in ("hold", "warm-up"):
+            self.batches.append([r.text for r in reqs])
+        if any(r.text == "boom" for r in reqs):
             raise RuntimeError("simulated device fault")
-        return super().render(req, cancelled)
+        return super().render_batch(reqs, cancelled)
+
+
+def flaky(engine: Engine) -> FlakyEngine:
+    fake = FlakyEngine(engine.config)
+    fake.__dict__.update(engine.__dict__)  # share the loaded model
+    fake.holding, fake.release = threading.Event(), threading.Event()
+    fake.batches = []
+    return fake
+
+
+async def hold_engine(srv: Server, fake: FlakyEngine) -> Any:
+    """A session whose render keeps the engine busy until fake.release is set."""
+    holder, _ = await connect(srv.ws_url)
+    await holder.send(prompt(1, "hold", width=64, height=64))
+    assert await asyncio.to_thread(fake.holding.wait, 20)
+    return holder
 
 
 async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine: Engine) -> None:
-    flaky = FlakyEngine(engine.config)
-    flaky.__dict__.update(engine.__dict__)  # share the loaded model
-    async with run_server(flaky) as srv:
+    fake = flaky(engine)
+    async with run_server(fake) as srv:
+        holder = await hold_engine(srv, fake)
         ws, _ = await connect(srv.ws_url)
         other, _ = await connect(srv.ws_url)
-        await ws.send(prompt(1, "boom"))
+        await ws.send(prompt(1, "boom", width=64, height=64))
+        await other.send(prompt(1, "fine", width=64, height=64))
+        await asyncio.sleep(0.3)  # both wait for the engine: they will share a batch
+        fake.release.set()
         err = await recv_json(ws)
         assert (err["type"], err["code"], err["seq"]) == ("error", "engine_error", 1)
-        await other.send(prompt(1, "fine", width=64, height=64))
+        # The batch failed as a whole; rendered again one by one, only "boom" fails.
         assert (await frames_until(other, 1))[-1][0]["seq"] == 1
+        assert fake.batches == [["boom", "fine"], ["boom"], ["fine"]]
         await ws.send(prompt(2, "after the fault", width=64, height=64))
         assert (await frames_until(ws, 2))[-1][0]["seq"] == 2
-        await ws.close()
-        await other.close()
+        for c in (holder, ws, other):
+            await c.close()
+
+
+async def test_waiting_sessions_of_one_size_render_as_one_batch(engine: Engine) -> None:
+    fake = flaky(engine)
+    async with run_server(fake) as srv:
+        holder = await hold_engine(srv, fake)
+        clients = [(await connect(srv.ws_url))[0] for _ in range(3)]
+        for i, ws in enumerate(clients):
+            await ws.send(prompt(5, f"a cat number {i}", width=64, height=64))
+        await clients[0].send(prompt(6, "a larger cat", width=128, height=128))  # its own shape
+        await asyncio.sleep(0.3)
+        fake.release.set()
+        for ws in clients[1:]:
+            [(header, _)] = await frames_until(ws, 5)
+            assert (header["seq"], header["width"]) == (5, 64)
+        [(header, _)] = await frames_until(clients[0], 6)
+        assert (header["seq"], header["width"]) == (6, 128)
+        assert fake.batches == [["a larger cat"], ["a cat number 1", "a cat number 2"]]
+        _status, metrics = await http_get(srv.http_url + "/metrics")
+        assert 'promptcast_batch_size_bucket{le="2.0"} 3.0' in metrics  # hold, 128 px, the pair
+        for c in (holder, *clients):
+            await c.close()
 
 
 def png_bytes(size: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -301,8 +350,8 @@ class SlowRefineEngine(Engine):
 
     refine_started: Any = None
 
-    def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
-        if req.steps == 4 and cancelled is not None:
+    def render_batch(self, reqs: Any, cancelled: Any = None) -> list[Rendered]:
+        if reqs[0].steps == 4 and cancelled is not None:
             import threading
             import time
 
@@ -314,7 +363,7 @@ class SlowRefineEngine(Engine):
                     raise RenderCancelled
                 time.sleep(0.01)
             assert isinstance(self.refine_started, threading.Event)
-        return super().render(req, cancelled)
+        return super().render_batch(reqs, cancelled)
 
 
 async def test_an_update_never_waits_behind_a_running_refine(engine: Engine) -> None:

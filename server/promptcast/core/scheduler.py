@@ -6,6 +6,11 @@ Sessions with a waiting job are served in turn, one job each per turn, so a fast
 cannot push a slow one back: whoever typed gets the next free engine turn after everyone
 already waiting. Refine jobs (a better frame for an idle session) run only when no session
 has an update waiting: they use spare engine time and never delay a keystroke's frame.
+
+Jobs of different sessions that render alike (same size, steps and decoder; see
+`RenderRequest.batch_key`) may run as one batch: the session whose turn it is picks the
+shape, and other waiting sessions of the same shape ride along, in their round order. That
+only ever moves a job earlier, so fairness holds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ class RenderRequest:
     image: bytes | None = None  # img2img: the init image as the client sent it (JPEG or PNG)
     strength: float = 1.0  # img2img: how far from the init image (1.0: ignore it entirely)
     full_vae: bool = False  # decode with the full autoencoder (refined frames may)
+
+    def batch_key(self) -> tuple[object, ...] | None:
+        """Requests with equal keys can be rendered as one batch; None: only alone. img2img
+        renders alone, since its strength changes the timesteps each request runs."""
+        if self.image is not None:
+            return None
+        return (self.width, self.height, self.steps, self.full_vae)
 
 
 @dataclass(frozen=True)
@@ -79,10 +91,28 @@ class Scheduler:
 
     def next_job(self) -> Job | None:
         """The job to run now, or None when nothing may start."""
+        batch = self.next_batch(1)
+        return batch[0] if batch else None
+
+    def next_batch(self, max_size: int) -> list[Job]:
+        """Up to `max_size` jobs to run now as one batch (empty when nothing may start): the
+        job whose turn it is, then waiting jobs of other sessions that render alike."""
         queue = self._ready or self._ready_refine
         if not queue:
-            return None
-        sid = queue.popleft()
+            return []
+        batch = [self._start(queue.popleft())]
+        key = batch[0].request.batch_key()
+        if key is None:
+            return batch
+        for sid in list(queue):
+            if len(batch) >= max_size:
+                break
+            if self._pending[sid].request.batch_key() == key:
+                queue.remove(sid)
+                batch.append(self._start(sid))
+        return batch
+
+    def _start(self, sid: str) -> Job:
         job = self._pending.pop(sid)
         self._running[sid] = job
         return job

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,15 @@ import torch
 from promptcast.config import EngineConfig
 from promptcast.core.limits import Limits
 from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.compile import (
+    FastCall,
+    decoder_call,
+    default_compile_cache,
+    optimise_layout,
+    resolve_mode,
+    unet_call,
+    use_compile_cache,
+)
 from promptcast.engine.image import decode_image
 from promptcast.engine.loading import Components, load_components
 from promptcast.engine.model_index import ModelLoadError
@@ -45,8 +55,9 @@ class Conditioning:
 @dataclass
 class Rendered:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB
-    timings: dict[str, float]  # milliseconds per stage
+    timings: dict[str, float]  # milliseconds per stage (of the whole batch it was rendered in)
     prompt_cache_hit: bool
+    batch_size: int = 1  # frames rendered together with this one, itself included
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,8 +98,9 @@ class Engine:
 
     # ------------------------------------------------------------ start-up
 
-    def load(self) -> None:
-        """Load the model and fix its limits. Idempotent."""
+    def load(self, components: Components | None = None) -> None:
+        """Load the model and fix its limits. Idempotent. `components` (with a named preset)
+        replaces loading: the benchmark passes random-weight real architectures this way."""
         if self.loaded:
             return
         cfg = self.config
@@ -103,9 +115,12 @@ class Engine:
             raise ModelLoadError(
                 f"preset {preset.name} supports {list(preset.steps)} steps, not {steps}"
             )
-        if preset is None:  # a --model without --preset: load it, then read its recipe
+        if components is not None:
+            assert preset is not None, "components need a named preset"
+            self.c: Components = components
+        elif preset is None:  # a --model without --preset: load it, then read its recipe
             probe = Preset("auto", "", cfg.model, "turbo", (1,), 1, 0.0)
-            self.c: Components = load_components(cfg, probe, 1, self.device, self.dtype)
+            self.c = load_components(cfg, probe, 1, self.device, self.dtype)
             preset = infer_preset(self.c.scheduler, self.c.unet.config, self.c.source)
             steps = cfg.steps or preset.default_steps
         else:
@@ -125,6 +140,7 @@ class Engine:
             else None
         )
         self.cfg_scale = self.guidance if (cond_dim is None and self.guidance > 1.0) else None
+        self._prepare_calls()
         self.load_seconds = time.perf_counter() - started
         self.loaded = True
         log.info(
@@ -132,6 +148,30 @@ class Engine:
             self.c.name, preset.name, type(self.scheduler).__name__,
             self.device, str(self.dtype).removeprefix("torch."), self.load_seconds,
         )
+
+    def _prepare_calls(self) -> None:
+        """The UNet and the tiny decoder as the hot path calls them: eager, compiled, or
+        compiled and captured per shape bucket (engine/compile.py)."""
+        cfg = self.config
+        self.mode = resolve_mode(cfg.compile, self.device)
+        if self.mode != "eager":
+            use_compile_cache(Path(cfg.compile_cache) if cfg.compile_cache else default_compile_cache())
+            optimise_layout(self.c.unet, self.device)
+            # Every bucket compiles once at warm-up (UNet and decoder calls share one code
+            # object each): make room for this engine's buckets in dynamo's per-code cache.
+            buckets = len(self.limits.sizes) * len(cfg.batch_sizes)
+            torch._dynamo.config.recompile_limit += buckets
+        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode)
+        self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode)
+        # The full autoencoder decodes refined frames only: off the hot path, left eager.
+        self._full_decoder = (
+            self._decoder if self.c.full_vae is self.c.vae
+            else FastCall("full decoder", decoder_call(self.c.full_vae), "eager")
+        )
+
+    @property
+    def max_batch(self) -> int:
+        return max(self.config.batch_sizes)
 
     def _named_preset(self) -> Preset | None:
         name = self.config.preset or (None if self.config.model else "tiny")
@@ -142,9 +182,18 @@ class Engine:
         return PRESETS[name]
 
     def warm_up(self) -> None:
-        """Render once per allowed size so the first real frame pays no first-call costs."""
+        """Render every shape bucket (size x batch size) once, so that compiling and capturing
+        happen now and the first real frame pays no first-call costs. Eager mode has no
+        buckets: one frame per size does."""
+        started = time.perf_counter()
+        batch_sizes = self.config.batch_sizes if self.mode != "eager" else (1,)
         for width, height in self.limits.sizes:
-            self.render(RenderRequest("warm-up", 0, self.limits.default_steps, width, height))
+            for b in batch_sizes:
+                reqs = [RenderRequest("warm-up", i, self.limits.default_steps, width, height)
+                        for i in range(b)]
+                self.render_batch(reqs)
+        self.warm_up_seconds = time.perf_counter() - started
+        log.info("warmed up (%s) in %.1f s", self.mode, self.warm_up_seconds)
         self.prompt_cache.clear()
         self.prompt_cache.hits = self.prompt_cache.misses = 0
 
@@ -201,6 +250,8 @@ class Engine:
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "compile": self.mode,
+            "batch_sizes": list(self.config.batch_sizes),
         }
 
     # ------------------------------------------------------------ hot path
@@ -287,12 +338,10 @@ class Engine:
         scaled: torch.Tensor = (latents * vae.config.scaling_factor).to(self.dtype)
         return scaled
 
-    def _added_conditions(self, cond: Conditioning, height: int, width: int) -> dict[str, Any] | None:
-        """SDXL's micro-conditioning: pooled text and (original size, crop, target size)."""
-        if cond.pooled is None:
-            return None
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)  # (1, 6)
-        return {"text_embeds": cond.pooled, "time_ids": time_ids.to(self.device)}
+    def _time_ids(self, height: int, width: int, rows: int) -> torch.Tensor:
+        """SDXL's micro-conditioning, (original size, crop, target size) per row: (rows, 6)."""
+        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+        return ids.repeat(rows, 1).to(self.device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -310,71 +359,88 @@ class Engine:
         want = 2 * self.limits.default_steps
         return min((k for k in supported if k >= want), default=max(supported))
 
-    @torch.inference_mode()
     def render(self, req: RenderRequest, cancelled: Callable[[], bool] | None = None) -> Rendered:
-        """Render `req`. If `cancelled` is given, it is polled between UNet steps and a True
-        answer raises RenderCancelled: a long render (a refine) gives way within one step."""
+        """Render one request; see render_batch."""
+        return self.render_batch([req], cancelled)[0]
+
+    @torch.inference_mode()
+    def render_batch(
+        self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None
+    ) -> list[Rendered]:
+        """Render requests that share one `RenderRequest.batch_key()` as one batch (img2img:
+        one request alone), at most `max_batch` of them. Each frame is the one its request
+        would get alone: its own prompt, its seed's noise, its own generator.
+
+        If `cancelled` is given, it is polled between UNet steps and a True answer raises
+        RenderCancelled: a long render (a refine) gives way within one step."""
+        first = reqs[0]
+        assert len(reqs) <= self.max_batch and all(r.batch_key() == first.batch_key() for r in reqs)
+        assert first.image is None or len(reqs) == 1, "img2img renders alone"
+        # Compiled and captured calls exist per batch size: pad with copies of the last request.
+        rows = [*reqs, *[reqs[-1]] * (self._padded_batch(len(reqs)) - len(reqs))]
+        height, width = first.height, first.width
         t0 = time.perf_counter()
-        cond, hit = self._conditioning(req.text)
-        if self.cfg_scale is not None:  # batch [unconditional, conditional]
-            uncond = self._unconditional(cond)
-            pooled = (
-                torch.cat([uncond.pooled, cond.pooled])
-                if uncond.pooled is not None and cond.pooled is not None
-                else None
-            )
-            unet_cond = Conditioning(torch.cat([uncond.embeds, cond.embeds]), pooled)
-        else:
-            unet_cond = cond
-        added = self._added_conditions(unet_cond, req.height, req.width)
-        if added is not None and self.cfg_scale is not None:
-            added["time_ids"] = added["time_ids"].repeat(2, 1)
+        looked_up = [self._conditioning(r.text) for r in reqs]
+        conds = [c for c, _ in looked_up] + [looked_up[-1][0]] * (len(rows) - len(reqs))
+        embeds = torch.cat([c.embeds for c in conds])  # (B, 77, D)
+        pooled_rows = [c.pooled for c in conds if c.pooled is not None]  # SDXL only
+        pooled = torch.cat(pooled_rows) if pooled_rows else None  # (B, P)
+        if self.cfg_scale is not None:  # batch [unconditional x B, conditional x B]
+            uncond = self._unconditional(conds[0])
+            embeds = torch.cat([uncond.embeds.expand_as(embeds), embeds])  # (2B, 77, D)
+            if pooled is not None and uncond.pooled is not None:
+                pooled = torch.cat([uncond.pooled.expand_as(pooled), pooled])  # (2B, P)
+        time_ids = None if pooled is None else self._time_ids(height, width, len(pooled))
         self._sync()
         t1 = time.perf_counter()
 
-        # Schedulers that re-noise between steps (LCM, ancestral Euler) draw from this
-        # generator: seeding it keeps that part of the picture stable per seed too.
-        gen = torch.Generator("cpu").manual_seed(req.seed)
-        if req.image is None:
-            timesteps = self._set_timesteps(req.steps)
-            latents = self._initial_noise(req.seed, req.height, req.width) * self.scheduler.init_noise_sigma
+        # Schedulers that re-noise between steps (LCM, ancestral Euler) draw from these
+        # generators, one per row, so that part of the picture is stable per seed too.
+        gens = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
+        if first.image is None:
+            timesteps = self._set_timesteps(first.steps)
+            noise = [self._initial_noise(r.seed, height, width) for r in rows]
+            latents = torch.cat(noise) * self.scheduler.init_noise_sigma  # (B, C, h, w)
         else:
-            timesteps, latents = self._img2img_start(req, gen)
+            timesteps, latents = self._img2img_start(first, gens[0])
         for t in timesteps:
             if cancelled is not None and cancelled():
                 raise RenderCancelled
             model_in = self.scheduler.scale_model_input(latents, t)
             if self.cfg_scale is not None:
                 model_in = torch.cat([model_in, model_in])
-            pred = self.c.unet(
-                model_in, t, encoder_hidden_states=unet_cond.embeds,
-                timestep_cond=self._timestep_cond, added_cond_kwargs=added,
-            ).sample  # (B, C, h, w)
+            pred = self._unet(model_in, t, embeds, self._timestep_cond, pooled, time_ids)  # (B, C, h, w)
             if self.cfg_scale is not None:
                 pred_uncond, pred_text = pred.chunk(2)
                 pred = pred_uncond + self.cfg_scale * (pred_text - pred_uncond)
-            latents = self.scheduler.step(pred, t, latents, generator=gen).prev_sample
+            latents = self.scheduler.step(pred, t, latents, generator=gens).prev_sample
         self._sync()
         t2 = time.perf_counter()
 
         if cancelled is not None and cancelled():
             raise RenderCancelled
-        pixels = self._decode(latents, self.c.full_vae if req.full_vae else self.c.vae)
+        pixels = self._decode(latents, first.full_vae)[: len(reqs)]
         t3 = time.perf_counter()
-        return Rendered(
-            pixels,
-            {
-                "text_encode_ms": (t1 - t0) * 1e3,
-                "denoise_ms": (t2 - t1) * 1e3,
-                "decode_ms": (t3 - t2) * 1e3,
-            },
-            hit,
-        )
+        timings = {
+            "text_encode_ms": (t1 - t0) * 1e3,
+            "denoise_ms": (t2 - t1) * 1e3,
+            "decode_ms": (t3 - t2) * 1e3,
+        }
+        return [
+            Rendered(p, dict(timings), hit, len(reqs))
+            for p, (_, hit) in zip(pixels, looked_up, strict=True)
+        ]
 
-    def _decode(self, latents: torch.Tensor, vae: Any) -> np.ndarray:
+    def _padded_batch(self, n: int) -> int:
+        if self.mode == "eager":
+            return n  # no shape buckets to fill
+        return min(b for b in self.config.batch_sizes if b >= n)
+
+    def _decode(self, latents: torch.Tensor, full: bool) -> list[np.ndarray]:
+        """(B, C, h, w) latents -> B (H, W, 3) uint8 frames."""
+        decoder, vae = (self._full_decoder, self.c.full_vae) if full else (self._decoder, self.c.vae)
         # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
-        latents = latents.to(vae.dtype) / vae.config.scaling_factor
-        image = vae.decode(latents).sample  # (1, 3, H, W) in [-1, 1]
-        pixels = ((image[0].float().permute(1, 2, 0) + 1.0) * 127.5).clamp(0, 255).round()
-        out: np.ndarray = pixels.to(torch.uint8).cpu().numpy()  # (H, W, 3)
-        return out
+        image = decoder(latents.to(vae.dtype) / vae.config.scaling_factor)  # (B, 3, H, W) in [-1, 1]
+        pixels = ((image.float().permute(0, 2, 3, 1) + 1.0) * 127.5).clamp(0, 255).round()
+        out: np.ndarray = pixels.to(torch.uint8).cpu().numpy()  # (B, H, W, 3)
+        return list(out)

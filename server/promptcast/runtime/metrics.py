@@ -46,6 +46,10 @@ class Metrics:
             buckets=STAGE_BUCKETS, registry=r,
         )
         self.ready = Gauge("promptcast_ready", "1 once the model is loaded and warmed", registry=r)
+        self.batch_size = Histogram(
+            "promptcast_batch_size", "Jobs of different sessions rendered together as one batch",
+            buckets=(1, 2, 4, 8, 16), registry=r,
+        )
         self.loop_lag = Histogram(
             "promptcast_event_loop_lag_seconds",
             "How late a 10 ms timer fired once ready: how long a stalled loop held up every client",

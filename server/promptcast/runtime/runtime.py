@@ -283,37 +283,63 @@ class Runtime:
     # ------------------------------------------------------------ the engine loop
 
     async def _dispatch(self) -> None:
-        # One job at a time goes to the engine, and only when the engine is free: there is
-        # never a queue in front of the GPU, so the newest prompt is what runs next.
+        # One batch at a time goes to the engine, and only when the engine is free: there is
+        # never a queue in front of the GPU, so the newest prompts are what run next.
         while True:
-            job = self.scheduler.next_job()
-            if job is None:
+            batch = self.scheduler.next_batch(self.engine.max_batch)
+            if not batch:
                 self._work.clear()
                 await self._work.wait()
                 continue
             started = time.monotonic()
             cancelled = None
-            if job.refined:
+            if batch[0].refined:  # refines are batched only with refines
                 self._preempt.clear()
                 if self.scheduler.has_update_waiting():
                     self._preempt.set()
                 cancelled = self._preempt.is_set
             try:
-                rendered = await self._thread.run(self.engine.render, job.request, cancelled)
+                frames = await self._render(batch, cancelled)
             except RenderCancelled:
-                self.scheduler.finish(job, preempted=True)
+                for job in batch:
+                    self.scheduler.finish(job, preempted=True)
                 continue
-            except Exception as exc:
+            self.metrics.batch_size.observe(len(batch))
+            for job, rendered in zip(batch, frames, strict=True):
                 self.scheduler.finish(job)
-                self._render_failed(job, exc)
-                continue
-            self.scheduler.finish(job)
-            self.metrics.rendered.inc()
-            conn = self.connections.get(job.session_id)
-            if conn is not None and not job.refined:
-                conn.session.frame_rendered(job)
-                self._schedule_refine(conn)
-            self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+                if isinstance(rendered, Exception):
+                    self._render_failed(job, rendered)
+                    continue
+                self.metrics.rendered.inc()
+                conn = self.connections.get(job.session_id)
+                if conn is not None and not job.refined:
+                    conn.session.frame_rendered(job)
+                    self._schedule_refine(conn)
+                self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+
+    async def _render(
+        self, batch: list[Job], cancelled: Callable[[], bool] | None
+    ) -> list[Rendered | Exception]:
+        """Each job's frame, or the exception its rendering raised. A batch that fails is
+        rendered again job by job, so one request's fault is reported to its session only
+        and the others still get their frames."""
+        requests = [job.request for job in batch]
+        try:
+            return list(await self._thread.run(self.engine.render_batch, requests, cancelled))
+        except RenderCancelled:
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        results: list[Rendered | Exception] = []
+        for request in requests:
+            try:
+                results.append(await self._thread.run(self.engine.render, request, cancelled))
+            except RenderCancelled:
+                raise
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     # ------------------------------------------------------------ refining idle sessions
 

@@ -1,0 +1,29 @@
+"""One table from the JSON reports of `promptcast bench --arch ... --json` (bench/gpu.sh)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(paths: list[str]) -> None:
+    print("| run | arch | px | steps | mode | batch | ms/batch | frames/s | UNet ms/step | decode ms "
+          "| JPEG ms (CPU / nvJPEG) | keystroke ms | warm-up s | stock ms | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        for b in r["batches"]:
+            first = b["batch"] == min(x["batch"] for x in r["batches"])
+            stock = f"{r['stock_frame_ms']:.2f}" if first and r["stock_frame_ms"] else ""
+            speed_up = f"{r['speed_up']:.2f}x" if first and r["speed_up"] else ""
+            nvjpeg = f"{b['gpu_encode_ms']:.2f}" if b.get("gpu_encode_ms") is not None else "-"
+            print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {r['mode']} "
+                  f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
+                  f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "
+                  f"| {r['keystroke_to_frame_ms']:.2f} "
+                  f"| {r['warm_up_s']:.1f} | {stock} | {speed_up} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

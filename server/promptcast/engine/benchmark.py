@@ -1,0 +1,231 @@
+"""`promptcast bench --arch ...`: the engine alone, on a real architecture with random weights.
+
+Random weights have the real model's shapes, so the same FLOPs and the same time per frame,
+and nothing needs downloading. The benchmark:
+
+1. builds the architecture (engine/archs.py) on the device;
+2. times the stock diffusers pipeline on it, same settings, batch 1, prompt embedding cached;
+3. loads the same components into the engine (fused QKV, compiled, CUDA graphs per bucket
+   when asked), warms every bucket, and times each batch size: per-stage milliseconds, frames/s,
+   and the server-side keystroke-to-frame time of a prompt the cache has never seen;
+4. prints a table with the speed-up over the stock pipeline, measured in the same run.
+
+The stock pipeline runs first, on the untouched modules: the engine's set-up (QKV fusion,
+channels_last) changes them in place.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from promptcast.config import EngineConfig
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.archs import build_components, stock_pipeline
+from promptcast.engine.image import encode_jpeg
+from promptcast.engine.pipeline import Engine, resolve_device, resolve_dtype
+from promptcast.engine.presets import PRESETS
+
+# The preset (sampling recipe) each architecture is benchmarked with, and a guidance override:
+# SD 1.5 with LCM sampling at guidance 1 (no classifier-free guidance), like LCM-LoRA.
+ARCH_PRESETS: dict[str, tuple[str, float | None]] = {
+    "sdxl": ("sdxl-turbo", None),
+    "sd21": ("sd-turbo", None),
+    "sd15": ("lcm", 1.0),
+    "tiny": ("tiny", None),
+}
+
+
+@dataclass
+class BatchResult:
+    batch: int
+    frame_ms: float  # median wall time of one batch, render only (text cached, no image encode)
+    fps: float  # frames per second at this batch size, render + image encode
+    stages_ms: dict[str, float]  # medians of the engine's own stage timings, per batch
+    unet_step_ms: float
+    encode_ms: float  # JPEG of one frame, on the CPU
+    gpu_encode_ms: float | None = None  # JPEG of one frame with nvJPEG (torchvision), if available
+
+
+@dataclass
+class BenchResult:
+    arch: str
+    preset: str
+    device: str
+    dtype: str
+    mode: str
+    resolution: int
+    steps: int
+    load_s: float  # building the random-weight models on the device, and the engine's set-up
+    warm_up_s: float
+    stock_frame_ms: float | None  # the stock diffusers pipeline, batch 1, embedding cached
+    keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
+    batches: list[BatchResult] = field(default_factory=list)
+
+    def speed_up(self) -> float | None:
+        one = next((b for b in self.batches if b.batch == 1), None)
+        if self.stock_frame_ms is None or one is None:
+            return None
+        return self.stock_frame_ms / one.frame_ms
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Any, device: torch.device, iterations: int) -> float:
+    times = []
+    for _ in range(iterations):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def time_stock(components: Any, resolution: int, steps: int, guidance: float,
+               device: torch.device, iterations: int) -> float:
+    """Median ms per frame of the stock pipeline at batch 1, with the prompt embedding given."""
+    pipe: Any = stock_pipeline(components)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs: dict[str, Any] = {}
+    if components.arch == "sdxl":
+        embeds, _, pooled, _ = pipe.encode_prompt("a photo of a cat", device=device,
+                                                  do_classifier_free_guidance=False)
+        kwargs["pooled_prompt_embeds"] = pooled
+    else:
+        embeds, _ = pipe.encode_prompt("a photo of a cat", device, 1, False)
+
+    def frame() -> None:
+        pipe(prompt_embeds=embeds, num_inference_steps=steps, guidance_scale=guidance,
+             height=resolution, width=resolution, output_type="np", **kwargs)
+
+    frame()  # first-call costs
+    return _median_ms(frame, device, iterations)
+
+
+def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: int,
+        batches: Sequence[int], compile_mode: str, iterations: int, stock: bool,
+        compile_cache: str | None = None) -> BenchResult:
+    torch.manual_seed(0)
+    device = resolve_device(device_name)
+    dtype = resolve_dtype(dtype_name, device)
+    preset, guidance = ARCH_PRESETS[arch]
+    config = EngineConfig(
+        preset=preset, device=str(device), dtype=dtype_name, steps=steps, guidance=guidance,
+        sizes=((resolution, resolution),), size=(resolution, resolution),
+        batch_sizes=tuple(sorted(set(batches) | {1})), compile=compile_mode,
+        compile_cache=compile_cache,
+    )
+    if device.type == "cpu":  # as the engine will: the stock pipeline gets the same threads
+        torch.set_num_threads(config.cpu_threads)
+    started = time.perf_counter()
+    components = build_components(arch, device, dtype)
+    build_s = time.perf_counter() - started
+    stock_ms = None
+    if stock:
+        stock_guidance = PRESETS[preset].guidance if guidance is None else guidance
+        stock_ms = time_stock(components, resolution, steps, stock_guidance, device, iterations)
+    engine = Engine(config)
+    started = time.perf_counter()
+    engine.load(components)
+    load_s = build_s + time.perf_counter() - started
+    engine.warm_up()
+
+    texts = ["a photo of a cat", "a red fox in the snow", "a lighthouse at night", "a bowl of ramen",
+             "a city street in the rain", "a mountain lake", "a portrait in oil", "a neon sign"]
+    result = BenchResult(
+        arch=arch, preset=preset, device=torch.cuda.get_device_name(device) if device.type == "cuda"
+        else "cpu", dtype=str(dtype).removeprefix("torch."), mode=engine.mode,
+        resolution=resolution, steps=steps, load_s=load_s, warm_up_s=engine.warm_up_seconds,
+        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0,
+    )
+    for b in sorted(set(batches)):
+        reqs = [RenderRequest(texts[i % len(texts)], i, steps, resolution, resolution) for i in range(b)]
+        result.batches.append(_time_batch(engine, reqs, device, iterations))
+
+    # A keystroke: a prompt the cache has never seen, rendered alone, then encoded.
+    latencies = []
+    for i in range(iterations):
+        _sync(device)
+        t0 = time.perf_counter()
+        frame = engine.render(RenderRequest(f"a keystroke prompt number {i}", 1, steps, resolution,
+                                            resolution))
+        encode_jpeg(frame.pixels, 85)
+        latencies.append((time.perf_counter() - t0) * 1e3)
+    result.keystroke_to_frame_ms = statistics.median(latencies)
+    return result
+
+
+def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
+                iterations: int) -> BatchResult:
+    engine.render_batch(reqs)  # embeddings into the cache
+    stage_runs: list[dict[str, float]] = []
+
+    def batch() -> None:
+        stage_runs.append(engine.render_batch(reqs)[0].timings)
+
+    frame_ms = _median_ms(batch, device, iterations)
+    pixels = engine.render(reqs[0]).pixels
+    encode_ms = _median_ms(lambda: encode_jpeg(pixels, 85), torch.device("cpu"), iterations)
+    stages = {k: statistics.median(r[k] for r in stage_runs) for k in stage_runs[0]}
+    b = len(reqs)
+    return BatchResult(
+        batch=b, frame_ms=frame_ms, fps=b * 1e3 / (frame_ms + b * encode_ms), stages_ms=stages,
+        unet_step_ms=stages["denoise_ms"] / reqs[0].steps, encode_ms=encode_ms,
+        gpu_encode_ms=_time_gpu_jpeg(pixels, device, iterations),
+    )
+
+
+def _time_gpu_jpeg(pixels: Any, device: torch.device, iterations: int) -> float | None:
+    """ms to JPEG-encode one frame already on the GPU with nvJPEG, where torchvision has it:
+    the alternative to copying pixels out and encoding on the CPU."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torchvision.io import encode_jpeg as gpu_encode_jpeg
+    except ImportError:
+        return None
+    frame = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(device)  # (3, H, W) uint8
+    try:
+        return _median_ms(lambda: gpu_encode_jpeg(frame, quality=85), device, iterations)
+    except RuntimeError:  # a torchvision built without nvJPEG
+        return None
+
+
+def table(r: BenchResult) -> str:
+    speed_up = r.speed_up()
+    lines = [
+        f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.steps} step(s), {r.device}, "
+        f"{r.dtype}, mode {r.mode}: load {r.load_s:.1f} s, warm-up (compile/capture) {r.warm_up_s:.1f} s",
+        "| batch | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in r.batches:
+        s = b.stages_ms
+        lines.append(
+            f"| {b.batch} | {b.frame_ms:.2f} | {b.fps:.1f} | {s['text_encode_ms']:.2f} | "
+            f"{b.unet_step_ms:.2f} | {s['decode_ms']:.2f} | {b.encode_ms:.2f} |"
+        )
+    gpu_jpeg = r.batches[0].gpu_encode_ms if r.batches else None
+    if gpu_jpeg is not None:
+        lines.append(f"JPEG on the GPU (nvJPEG): {gpu_jpeg:.2f} ms/frame")
+    lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
+                 f"{r.keystroke_to_frame_ms:.2f} ms")
+    if r.stock_frame_ms is not None:
+        lines.append(f"stock diffusers pipeline, batch 1, same settings: {r.stock_frame_ms:.2f} ms/frame"
+                     + (f"; promptcast is {speed_up:.2f}x faster" if speed_up else ""))
+    return "\n".join(lines)
+
+
+def to_json(r: BenchResult) -> str:
+    return json.dumps({**asdict(r), "speed_up": r.speed_up()})

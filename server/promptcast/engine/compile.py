@@ -1,0 +1,159 @@
+"""The fast path: the UNet and the tiny decoder compiled, and on CUDA captured in graphs.
+
+At batch 1 eager PyTorch spends most of a few-step frame launching kernels (about 3,400 per
+SDXL UNet call). So, once at start-up and never on the hot path:
+
+- `torch.compile` (inductor, `fullgraph=True`, `dynamic=False`) fuses the UNet and the
+  decoder into fewer, larger kernels, specialised to each shape bucket;
+- on CUDA, each bucket's call is then captured in a CUDA graph with static input buffers
+  (the vLLM shape: capture once per batch descriptor, replay after), so a UNet step is one
+  graph launch. All graphs share one memory pool; a caller must consume one replay's output
+  before the next replay, which the render loop does (the scheduler step copies it).
+
+A bucket is the set of input shapes: resolution x batch size (x 2 with classifier-free
+guidance). `Engine.warm_up` calls every bucket once, so compilation and capture happen
+before /readyz says ready; a shape seen later for the first time would recompile, which the
+tests forbid with `torch._dynamo.config.error_on_recompile`.
+
+Compiled artefacts persist in a cache folder (inductor's FX-graph and autotuning caches), so a
+restart of the same model on the same machine skips most of the compile time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptcast.engine.model_index import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Tensors = tuple[torch.Tensor | None, ...]
+
+
+def default_compile_cache() -> Path:
+    """Where compiled kernels persist: $XDG_CACHE_HOME/promptcast/torch-compile. Inductor's own
+    default is under /tmp, which a reboot or a fresh container loses."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "promptcast" / "torch-compile"
+
+
+def use_compile_cache(folder: Path) -> None:
+    """Point inductor's (and Triton's) on-disk caches at `folder`. Call before compiling."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+    torch._inductor.config.fx_graph_cache = True
+    torch._inductor.config.autotune_local_cache = True
+
+
+def optimise_layout(unet: Any, device: torch.device) -> None:
+    """Fused QKV projections (one matmul instead of three per attention); channels_last on
+    CUDA, where convolutions in NHWC use the tensor cores without transposes."""
+    unet.fuse_qkv_projections()
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+
+
+class CapturedCall:
+    """One shape bucket of `fn`, captured in a CUDA graph. Inputs are copied into static
+    buffers, the graph is replayed, and the static output is returned: valid until the next
+    replay of any graph in the same pool."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], args: Tensors, pool: Any) -> None:
+        self._inputs = tuple(None if a is None else a.clone() for a in args)
+        # Warm up on a side stream (compiles, autotunes, allocates), as torch.cuda.graphs asks.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                fn(*self._inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, pool=pool):
+            self._output = fn(*self._inputs)
+
+    def __call__(self, args: Tensors) -> torch.Tensor:
+        for static, arg in zip(self._inputs, args, strict=True):
+            if static is not None and arg is not None:
+                static.copy_(arg)
+        self._graph.replay()
+        return self._output
+
+
+class FastCall:
+    """`fn` eager, compiled, or compiled and graph-captured per shape bucket.
+
+    mode: "eager" | "compile" | "cuda-graphs" (compile, then capture; CUDA only).
+    """
+
+    def __init__(self, name: str, fn: Callable[..., torch.Tensor], mode: str) -> None:
+        self.name = name
+        self.mode = mode
+        self._fn = fn if mode == "eager" else torch.compile(fn, fullgraph=True, dynamic=False)
+        self._graphs: dict[tuple[object, ...], CapturedCall] = {}
+        self._pool = torch.cuda.graph_pool_handle() if mode == "cuda-graphs" else None
+
+    @staticmethod
+    def _bucket(args: Tensors) -> tuple[object, ...]:
+        return tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
+
+    def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.mode != "cuda-graphs":
+            return self._fn(*args)
+        graph = self._graphs.get(self._bucket(args))
+        if graph is None:  # first call of this bucket: warm-up captures it
+            log.info("capturing %s for %s", self.name, self._bucket(args))
+            graph = CapturedCall(self._fn, args, self._pool)
+            self._graphs[self._bucket(args)] = graph
+        return graph(args)
+
+    @property
+    def buckets(self) -> int:
+        return len(self._graphs)
+
+
+def unet_call(unet: Any) -> Callable[..., torch.Tensor]:
+    """The UNet as a function of tensors only (what compile and capture want):
+    (sample (B, C, h, w), timestep (), embeds (B, 77, D), timestep_cond (1, Dc) | None,
+    text_embeds (B, P) | None, time_ids (B, 6) | None) -> prediction (B, C, h, w)."""
+
+    def call(
+        sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
+        timestep_cond: torch.Tensor | None, text_embeds: torch.Tensor | None,
+        time_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+        out: torch.Tensor = unet(
+            sample, timestep, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
+            added_cond_kwargs=added, return_dict=False,
+        )[0]
+        return out
+
+    return call
+
+
+def decoder_call(vae: Any) -> Callable[..., torch.Tensor]:
+    """latents (B, C, h, w), already divided by the scaling factor -> image (B, 3, H, W) in [-1, 1]."""
+
+    def call(latents: torch.Tensor) -> torch.Tensor:
+        image: torch.Tensor = vae.decode(latents, return_dict=False)[0]
+        return image
+
+    return call
+
+
+def resolve_mode(requested: str, device: torch.device) -> str:
+    """--compile auto: CUDA graphs on CUDA; eager on CPU, where compiling the tiny model's
+    buckets took about 4 minutes of a cold start here for 1.3-1.7x per frame: a bad trade for
+    the two-command quick start (docs/performance.md). `--compile compile` opts in."""
+    if requested == "auto":
+        return "cuda-graphs" if device.type == "cuda" else "eager"
+    if requested == "cuda-graphs" and device.type != "cuda":
+        raise ModelLoadError("--compile cuda-graphs needs a CUDA device")
+    return requested

@@ -1,0 +1,111 @@
+"""The compiled path on the CPU: inductor compiles every shape bucket at warm-up, and the hot
+path never recompiles. (CUDA-graph capture runs only on a GPU: bench/gpu.sh.)
+
+Compiling costs minutes on this machine, so one engine is compiled for the whole module, with
+one size and batch sizes 1 and 4 (a batch of 3 is padded to 4: padding is tested too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from promptcast.config import EngineConfig
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.pipeline import Engine
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compile-cache")
+
+
+@pytest.fixture(scope="module")
+def compiled(cache_dir: Path) -> Iterator[Engine]:
+    eng = Engine(EngineConfig(compile="compile", sizes=((SIZE, SIZE),), size=(SIZE, SIZE),
+                              batch_sizes=(1, 4), compile_cache=str(cache_dir)))
+    eng.load()
+    eng.warm_up()
+    torch._dynamo.config.error_on_recompile = True  # from here on, a recompile is an error
+    yield eng
+    torch._dynamo.config.error_on_recompile = False
+
+
+def reqs(n: int, text: str = "a red circle") -> list[RenderRequest]:
+    return [RenderRequest(f"{text} {i}", 10 + i, 2, SIZE, SIZE) for i in range(n)]
+
+
+def test_warm_up_compiled_every_bucket_into_the_cache(compiled: Engine, cache_dir: Path) -> None:
+    assert compiled.mode == "compile"
+    assert any(cache_dir.rglob("*.py")), "inductor wrote no compiled code to the cache folder"
+
+
+def test_hot_path_never_recompiles(compiled: Engine) -> None:
+    for n in (1, 3, 4, 2, 1):  # new prompts, seeds and batch sizes; 3 and 2 are padded to 4
+        frames = compiled.render_batch(reqs(n, text=f"batch of {n}"))
+        assert len(frames) == n and all(f.pixels.shape == (SIZE, SIZE, 3) for f in frames)
+    image = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), (0, 90, 200)).save(image, format="PNG")
+    img2img = RenderRequest("a blue sea", 3, 2, SIZE, SIZE, image=image.getvalue(), strength=0.5)
+    assert compiled.render(img2img).pixels.shape == (SIZE, SIZE, 3)
+
+
+def test_compiled_frames_match_eager_frames(compiled: Engine, engine: Engine) -> None:
+    for request in reqs(2):
+        fast = compiled.render(request).pixels.astype(int)
+        slow = engine.render(request).pixels.astype(int)
+        # Fused kernels round differently: the same picture to within a level or two.
+        assert np.abs(fast - slow).mean() < 0.5 and np.abs(fast - slow).max() <= 8
+
+
+def test_a_padded_batch_gives_each_request_its_own_frame(compiled: Engine) -> None:
+    batch = reqs(3)
+    together = compiled.render_batch(batch)
+    assert [f.batch_size for f in together] == [3, 3, 3]
+    for request, frame in zip(batch, together, strict=True):
+        alone = compiled.render(request).pixels.astype(int)
+        assert np.abs(frame.pixels.astype(int) - alone).max() <= 2
+    assert not np.array_equal(together[0].pixels, together[1].pixels)
+
+
+def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
+    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from promptcast.cli import main
+
+    # A second engine in this process compiles its own calls (from the shared cache folder).
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--arch", "tiny", "--random-weights", "--device", "cpu", "--resolution",
+              str(SIZE), "--steps", "2", "--batch", "1,4", "--compile", "compile",
+              "--compile-cache", str(cache_dir), "--iterations", "3", "--json", str(out)])
+    assert exited.value.code == 0
+    report = json.loads(out.read_text())
+    assert (report["arch"], report["mode"], report["resolution"]) == ("tiny", "compile", SIZE)
+    assert [b["batch"] for b in report["batches"]] == [1, 4]
+    for b in report["batches"]:
+        assert b["fps"] > 0 and b["unet_step_ms"] > 0 and b["stages_ms"]["decode_ms"] > 0
+    assert report["stock_frame_ms"] > 0 and report["speed_up"] > 0
+    assert report["keystroke_to_frame_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "| batch | ms/batch | frames/s |" in printed and "stock diffusers pipeline" in printed
+
+
+def test_arch_without_random_weights_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from promptcast.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--arch", "sdxl"])
+    assert exited.value.code == 2
+    assert "--random-weights" in capsys.readouterr().err

@@ -122,6 +122,22 @@ async def recv_json(ws: Any, timeout: float = 30) -> dict[str, Any]:
     return msg
 
 
+async def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET from a thread: the server under test runs on this test's event loop."""
+    return await asyncio.to_thread(_get, url, headers or {})
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 async def connect(url: str) -> Any:
     """A websockets client that has read its hello; returns (ws, hello)."""
     from websockets.asyncio.client import connect as ws_connect

@@ -32,7 +32,12 @@ const conn = new Connection(wsUrl, {
   video: { track: showVideo, meta: (m) => state.metas.push(m) },
   transport: setTransport,
   error: (msg) => showError(`${msg.code}: ${msg.message}`),
-}, { webrtc: params.get("transport") !== "websocket" });
+}, {
+  webrtc: params.get("transport") !== "websocket",
+  // A server started with a token is opened as /?token=...; the socket carries it as a
+  // subprotocol, so it stays out of the server's request logs.
+  token: params.get("token"),
+});
 
 function hello(msg) {
   const model = msg.model;

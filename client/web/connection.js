@@ -7,8 +7,9 @@ const RECONNECT_MIN_MS = 300;
 const RECONNECT_MAX_MS = 5000;
 
 export class Connection {
-  constructor(url, handlers, { webrtc = true } = {}) {
+  constructor(url, handlers, { webrtc = true, token = null } = {}) {
     this.url = url;
+    this.protocols = token ? ["promptcast", `bearer.${token}`] : ["promptcast"];
     this.on = handlers; // {state, hello, message, jpeg, video, transport, error}
     this.useWebRTC = webrtc && typeof RTCPeerConnection !== "undefined";
     this.ws = null;
@@ -20,7 +21,7 @@ export class Connection {
 
   open() {
     this.on.state(this.ws ? "reconnecting" : "connecting");
-    const ws = new WebSocket(this.url);
+    const ws = new WebSocket(this.url, this.protocols);
     ws.binaryType = "blob";
     this.ws = ws;
     ws.onmessage = (event) => this.receive(event.data);

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from promptcast.config import Config
+from promptcast.core.access import presented_token, token_ok
 from promptcast.engine.pipeline import Engine
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.runtime import Runtime
@@ -51,13 +52,15 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
-        if runtime.ready:
-            return JSONResponse({"status": "ready", "model": runtime.engine.model_info()})
-        if runtime.failure is not None:
-            return JSONResponse({"status": "failed", "error": str(runtime.failure)}, 503)
-        return JSONResponse({"status": "loading"}, 503)
+        ready, body = runtime.health()
+        return JSONResponse(body, 200 if ready else 503)
 
     async def metrics_route(request: Request) -> Response:
+        if config.protect_metrics and not token_ok(
+            config.token, presented_token(request.headers, request.query_params, ())
+        ):
+            return JSONResponse({"error": "a valid bearer token is required"}, 401,
+                                headers={"WWW-Authenticate": "Bearer"})
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     routes: list[BaseRoute] = [

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from promptcast import __version__
 from promptcast.config import Config, EngineConfig
+from promptcast.core.access import is_loopback
 from promptcast.engine.model_index import ModelLoadError, read_model_index
 from promptcast.engine.presets import PRESETS, fetch_hint
 from promptcast.options import (
@@ -97,6 +100,20 @@ def _serve_parser(sub: Any) -> None:
           "largest init image (img2img) accepted", type=positive_int)
     o.add("--max-sessions", "PROMPTCAST_MAX_SESSIONS", 64, "most clients connected at once",
           type=positive_int)
+    o.add("--max-sessions-per-ip", "PROMPTCAST_MAX_SESSIONS_PER_IP", 16,
+          "most clients connected at once from one address", type=positive_int)
+    o.add("--max-messages-per-s", "PROMPTCAST_MAX_MESSAGES_PER_S", 50.0,
+          "messages a connection may send per second on average; over it they are refused "
+          "(rate_limited), and a flood that goes on is closed (1008)", type=float)
+    o.add("--message-burst", "PROMPTCAST_MESSAGE_BURST", 100,
+          "messages a connection may send at once, above the average rate", type=positive_int)
+    o.add("--token", "PROMPTCAST_TOKEN", None,
+          "require this bearer token on /ws (Authorization: Bearer, subprotocol bearer.TOKEN, or "
+          "?token=); prefer the environment variable, which other users cannot see in ps")
+    o.flag("--protect-metrics", "PROMPTCAST_PROTECT_METRICS", "require the token on /metrics too")
+    o.multi("--allow-origin", "PROMPTCAST_ALLOW_ORIGIN",
+            "a web origin whose pages may open /ws, e.g. https://studio.example; * allows any "
+            "(default: only the server's own origin; clients that send no Origin always may)")
     o.add("--jpeg-quality", "PROMPTCAST_JPEG_QUALITY", 85, "JPEG quality of frames, 1-95",
           type=positive_int)
     o.add("--refine-after-ms", "PROMPTCAST_REFINE_AFTER_MS", 300,
@@ -114,6 +131,11 @@ def _serve_parser(sub: Any) -> None:
     o.multi("--ice-server", "PROMPTCAST_ICE_SERVER",
             "WebRTC: a STUN/TURN server, stun:host:port or turn:user:password@host:port "
             "(default: none, so no outside server is ever contacted)")
+    o.add("--shutdown-timeout", "PROMPTCAST_SHUTDOWN_TIMEOUT", 10.0,
+          "on SIGTERM, the most seconds to wait for clients to close and the render in flight to "
+          "finish before exiting", type=float)
+    o.add("--stuck-after", "PROMPTCAST_STUCK_AFTER", 30.0,
+          "/readyz answers 503 once one engine call has run this many seconds", type=float)
     o.add("--log-level", "PROMPTCAST_LOG_LEVEL", "info", "log level",
           choices=["debug", "info", "warning", "error"])
 
@@ -141,6 +163,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_prompt_chars=args.max_prompt_chars,
         max_image_bytes=args.max_image_bytes,
         max_sessions=args.max_sessions,
+        max_sessions_per_ip=args.max_sessions_per_ip,
+        max_messages_per_s=args.max_messages_per_s,
+        message_burst=args.message_burst,
+        token=args.token or None,
+        protect_metrics=args.protect_metrics,
+        allowed_origins=tuple(args.allow_origin),
         jpeg_quality=min(args.jpeg_quality, 95),
         refine_after_ms=max(0, args.refine_after_ms),
         refine_steps=args.refine_steps,
@@ -148,6 +176,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ice_hosts=tuple(args.ice_host),
         ice_servers=tuple(args.ice_server),
         log_level=args.log_level,
+        shutdown_timeout_s=args.shutdown_timeout,
+        stuck_after_s=args.stuck_after,
     )
 
 
@@ -161,6 +191,10 @@ def uvicorn_config(app: Any, config: Config) -> Any:
         # Frames are JPEG (incompressible) and prompts are tiny; compression would only add
         # CPU time and a decompression-bomb surface.
         ws_per_message_deflate=False,
+        # On SIGTERM uvicorn stops accepting, closes each WebSocket with 1012 (service restart)
+        # and waits at most half the shutdown timeout for connections and tasks to end; the
+        # runtime then waits at most the other half for the render in flight.
+        timeout_graceful_shutdown=math.ceil(config.shutdown_timeout_s / 2),
     )
 
 
@@ -177,11 +211,29 @@ async def serve(config: Config) -> int:
         server.should_exit = True
 
     app = create_app(config, Engine(config.engine), on_failure)
-    server = uvicorn.Server(uvicorn_config(app, config))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # From the first signal on, /readyz says 503 and no new session opens.
+            runtime = getattr(app.state, "runtime", None)
+            if runtime is not None:
+                runtime.draining = True
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn_config(app, config))
     log.info("promptcast %s: preset %s, model %s, http://%s:%d", __version__,
              config.engine.preset or "(default)", config.engine.model or "(preset's)",
              config.host, config.port)
+    if not is_loopback(config.host) and config.token is None:
+        log.warning(
+            "!!! listening on %s without a token: anyone who can reach this port can use the "
+            "GPU. Set PROMPTCAST_TOKEN (or --token), or bind to 127.0.0.1. !!!", config.host,
+        )
     await server.serve()
+    if getattr(app.state, "runtime", None) is not None and app.state.runtime.abandoned:
+        # The engine thread is stuck in a device call; waiting for it would hang the exit.
+        logging.shutdown()
+        os._exit(1)
     if failed:
         print(f"promptcast: error: {failed[0]}", file=sys.stderr)
         return 1
@@ -206,6 +258,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if config.log_level != "debug":
         quiet_model_libraries()
+        from promptcast.runtime.logs import limit_rates
+
+        limit_rates()
     from promptcast.transport.webrtc import parse_ice_server
 
     try:

@@ -94,6 +94,19 @@ async def test_page_over_websocket_frames(engine: Engine, browser: Any) -> None:
         await page.wait_for_function("canvas.width === 64", timeout=20000)
 
 
+async def test_page_passes_the_token_from_its_address(engine: Engine, browser: Any) -> None:
+    async with run_server(engine, token="page-token_1") as srv:
+        page = await open_page(browser, srv.http_url + "/?transport=websocket&token=page-token_1")
+        final = await type_and_wait(page, "a cat")
+        assert await page.evaluate("window.promptcast.shownSeq") == final
+        # Without it the handshake is refused (401) and the page keeps trying, saying so.
+        context = await browser.new_context()
+        anonymous = await context.new_page()
+        await anonymous.goto(srv.http_url + "/?transport=websocket")
+        await anonymous.wait_for_function(
+            "document.getElementById('status').dataset.state === 'reconnecting'", timeout=20000)
+
+
 @needs_netns
 async def test_webrtc_video_follows_typing(engine: Engine, browser: Any) -> None:
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:

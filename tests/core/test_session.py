@@ -204,3 +204,20 @@ def test_refine_never_uses_fewer_steps_than_the_session_asked_for() -> None:
     assert isinstance(action, Submit)
     s.frame_rendered(action.job)
     assert s.refine_job(3.0) is None  # already at 4: nothing to improve
+
+
+def test_a_message_flood_is_refused_then_closed_with_1008() -> None:
+    import dataclasses
+
+    from promptcast.core.session import Close
+
+    s = Session("s", dataclasses.replace(LIMITS, max_messages_per_s=1, message_burst=3), seed=1)
+    for seq in range(1, 4):
+        assert isinstance(s.receive_text(prompt(seq, f"cat {seq}"), 0.0)[0], Submit)
+    err = replied(s.receive_text(prompt(4, "cat 4"), 0.0))
+    assert isinstance(err, ErrorMessage) and err.code == ErrorCode.RATE_LIMITED
+    assert s.receive_text(prompt(5, "cat 5"), 0.1) == []  # refused quietly: it was just told
+    assert s.receive_binary(b"\xff" * 10, 0.2) == []  # stray binary messages count too
+    assert s.receive_text(prompt(6, "cat 6"), 0.3) == [Close(1008, "message flood")]
+    # Refused messages changed nothing: after a pause the client resends its newest state.
+    assert submitted(s.receive_text(prompt(7, "cat 7"), 10.0)).text == "cat 7"

@@ -68,10 +68,22 @@ def test_serve_renders_and_stops_cleanly_on_sigterm(served: tuple[int, subproces
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          check=True)
     assert out.stdout.strip() == "promptcast-tiny (random weights) 1 ffd8"  # a JPEG
-    proc.send_signal(signal.SIGTERM)
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/ws") as client:
+        assert json.loads(client.recv(10))["type"] == "hello"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                client.recv(10)
+    # A connected client is told the service is restarting (it reconnects, as the page does).
+    assert closed.value.rcvd is not None and closed.value.rcvd.code in (1001, 1012)
     # uvicorn shuts down gracefully, then re-raises the signal it caught, so a supervisor
-    # sees the process end by SIGTERM as it asked.
+    # sees the process end by SIGTERM as it asked; within the shutdown timeout (10 s).
     assert proc.wait(30) in (0, -signal.SIGTERM)
+    assert time.monotonic() - signalled < 12
     log = proc.stdout.read() if proc.stdout else ""
     assert "Application shutdown complete" in log
     assert "Traceback" not in log

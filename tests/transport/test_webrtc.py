@@ -97,3 +97,38 @@ async def test_a_bad_offer_is_an_error_not_a_crash(engine: Engine) -> None:
         await ws.send(prompt(1, "still fine"))
         assert (await recv_json(ws))["type"] == "frame"
         await ws.close()
+
+
+async def test_a_spoofed_udp_flood_at_an_ice_port_stays_bounded(engine: Engine) -> None:
+    import re
+    import socket
+
+    from promptcast.transport.webrtc import MAX_QUEUED_DATAGRAMS
+
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send(json.dumps({"type": "webrtc_offer", "sdp": pc.localDescription.sdp}))
+        answer = await recv_json(ws)
+        # The client never completes ICE: the server's port just receives garbage, as from an
+        # attacker who read the candidate. Only ever sent to 127.0.0.1.
+        port = int(re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host",
+                             answer["sdp"]).group(1))  # type: ignore[union-attr]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(5000):
+            sock.sendto(b"\x17\xfe\xfd" + b"\x00" * 1000, ("127.0.0.1", port))  # not STUN
+            if i % 50 == 0:  # the server shares this event loop: let it read as they come
+                await asyncio.sleep(0.001)
+        sock.close()
+        peer = next(iter(srv.runtime.connections.values())).video
+        ice = peer.pc.getTransceivers()[0].receiver.transport.transport._connection
+        for _ in range(50):  # let the loop read what the kernel buffered
+            await asyncio.sleep(0.02)
+        assert 0 < ice._queue.qsize() <= MAX_QUEUED_DATAGRAMS
+        # The session still works.
+        await ws.send(prompt(1, "after the flood"))
+        assert (await recv_json(ws, timeout=20))["type"] in ("frame", "video")
+        await pc.close()
+        await ws.close()

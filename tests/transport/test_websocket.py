@@ -7,7 +7,6 @@ import io
 import json
 import re
 import threading
-import urllib.request
 from typing import Any
 
 import pytest
@@ -16,24 +15,11 @@ from websockets.exceptions import ConnectionClosed
 
 from promptcast.engine.pipeline import Engine, Rendered
 
-from ..conftest import Server, connect, frames_until, recv_json, run_server
+from ..conftest import Server, connect, frames_until, http_get, recv_json, run_server
 
 
 def prompt(seq: int, text: str, **extra: Any) -> str:
     return json.dumps({"type": "prompt", "seq": seq, "text": text, **extra})
-
-
-async def http_get(url: str) -> tuple[int, str]:
-    """GET from a thread: the server under test runs on this test's event loop."""
-    return await asyncio.to_thread(_get, url)
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 async def test_hello_describes_protocol_model_and_limits(server: Server) -> None:
@@ -385,3 +371,44 @@ async def test_an_update_never_waits_behind_a_running_refine(engine: Engine) -> 
         assert not any(h["refined"] for h, _ in frames)
         assert srv.runtime.scheduler.dropped["refine_preempted"] == 1
         await ws.close()
+
+
+async def test_readyz_says_503_while_the_engine_is_stuck_and_recovers(engine: Engine) -> None:
+    fake = flaky(engine)
+    async with run_server(fake, stuck_after_s=0.5) as srv:
+        holder = await hold_engine(srv, fake)
+        await asyncio.sleep(0.8)
+        status, body = await http_get(srv.http_url + "/readyz")
+        assert status == 503 and json.loads(body)["status"] == "stuck"
+        fake.release.set()
+        await frames_until(holder, 1)
+        assert (await http_get(srv.http_url + "/readyz"))[0] == 200
+        await holder.close()
+
+
+async def test_draining_refuses_new_sessions_and_says_so(engine: Engine) -> None:
+    async with run_server(engine) as srv:
+        srv.runtime.draining = True  # what SIGTERM sets (tests/e2e runs the real signal)
+        status, body = await http_get(srv.http_url + "/readyz")
+        assert status == 503 and json.loads(body)["status"] == "shutting_down"
+        from websockets.asyncio.client import connect as ws_connect
+
+        late = await ws_connect(srv.ws_url)
+        err = await recv_json(late)
+        assert err["code"] == "server_full" and "shutting down" in err["message"]
+        await late.close()
+
+
+async def test_shutdown_gives_up_on_a_stuck_engine_within_the_timeout(engine: Engine) -> None:
+    fake = flaky(engine)
+    try:
+        async with run_server(fake, shutdown_timeout_s=1.0) as srv:
+            holder = await hold_engine(srv, fake)
+            runtime = srv.runtime
+            started = asyncio.get_running_loop().time()
+        # run_server has stopped the server: the runtime waited half the timeout, then gave up.
+        assert runtime.abandoned
+        assert asyncio.get_running_loop().time() - started < 5
+        await holder.close()
+    finally:
+        fake.release.set()  # let the engine thread end

@@ -17,6 +17,8 @@ class Limits:
     max_message_bytes: int = 16 * 1024
     max_prompt_chars: int = 1000
     max_image_bytes: int = 4 * 1024 * 1024  # one init image (JPEG or PNG) for img2img
+    max_messages_per_s: float = 50.0  # per connection, on average (token bucket)
+    message_burst: int = 100  # messages a connection may send at once
 
     def __post_init__(self) -> None:
         if self.default_size not in self.sizes:
@@ -29,6 +31,8 @@ class Limits:
             "max_message_bytes": self.max_message_bytes,
             "max_prompt_chars": self.max_prompt_chars,
             "max_image_bytes": self.max_image_bytes,
+            "max_messages_per_s": self.max_messages_per_s,
+            "message_burst": self.message_burst,
             "seed_max": SEED_MAX,
             "seq_max": SEQ_MAX,
         }

@@ -34,6 +34,7 @@ class ErrorCode:
     NOT_READY = "not_ready"
     SERVER_FULL = "server_full"
     ENGINE_ERROR = "engine_error"
+    RATE_LIMITED = "rate_limited"
 
 
 class ProtocolError(Exception):

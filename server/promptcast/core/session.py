@@ -20,6 +20,7 @@ from promptcast.core.messages import (
     WebRTCOffer,
     parse_client_text,
 )
+from promptcast.core.ratelimit import TokenBucket, Verdict
 from promptcast.core.scheduler import Job, RenderRequest
 
 DEFAULT_STRENGTH = 0.5  # img2img, as the SD-Turbo / SDXL-Turbo cards' examples use
@@ -56,7 +57,18 @@ class StartWebRTC:
     offer_sdp: str
 
 
-Action = Submit | Reply | StartWebRTC
+@dataclass(frozen=True)
+class Close:
+    """Close the connection (after sending what is queued): the client is abusing it."""
+
+    code: int
+    reason: str
+
+
+# RFC 6455: the endpoint received a message that violates its policy.
+CLOSE_POLICY_VIOLATION = 1008
+
+Action = Submit | Reply | StartWebRTC | Close
 
 
 def _error(code: str, message: str, seq: int | None = None) -> list[Action]:
@@ -70,6 +82,7 @@ class Session:
         self.id = session_id
         self.limits = limits
         self.refine = refine
+        self._rate = TokenBucket(limits.max_messages_per_s, limits.message_burst)
         # The settings persist between updates: keeping one seed (and with it one initial
         # noise) while the text changes is what makes frames morph instead of flicker.
         self.text = ""
@@ -85,7 +98,26 @@ class Session:
         self._target_rendered = False  # the target's first frame exists: refining may start
         self._refined_seq = -1  # the seq last refined (or tried): one refine per update
 
+    def _over_rate(self, now: float) -> list[Action] | None:
+        """None when the message may be handled; else what to do instead of handling it."""
+        verdict = self._rate.take(now)
+        if verdict is Verdict.ACCEPT:
+            return None
+        if verdict is Verdict.CLOSE:
+            return [Close(CLOSE_POLICY_VIOLATION, "message flood")]
+        if verdict is Verdict.REFUSE_QUIETLY:
+            return []
+        return _error(
+            ErrorCode.RATE_LIMITED,
+            f"more than {self.limits.max_messages_per_s:g} messages a second (bursts of "
+            f"{self.limits.message_burst}): messages are being dropped; send the newest state "
+            "again once you slow down",
+        )
+
     def receive_text(self, raw: str, now: float) -> list[Action]:
+        refused = self._over_rate(now)
+        if refused is not None:
+            return refused
         actions: list[Action] = []
         if self._image_header is not None:
             header, self._image_header = self._image_header, None
@@ -126,6 +158,10 @@ class Session:
     def receive_binary(self, data: bytes, now: float) -> list[Action]:
         header, self._image_header = self._image_header, None
         if header is None:
+            # An image's binary part was counted with its header; a stray one counts itself.
+            refused = self._over_rate(now)
+            if refused is not None:
+                return refused
             return _error(
                 ErrorCode.BINARY_UNEXPECTED,
                 f"binary message of {len(data)} bytes not expected; send an 'image' message first",

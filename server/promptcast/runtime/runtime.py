@@ -33,7 +33,15 @@ from promptcast.core.messages import (
 )
 from promptcast.core.outbox import FrameDropReason, FrameSlot
 from promptcast.core.scheduler import Job, Scheduler
-from promptcast.core.session import Action, RefinePolicy, Reply, Session, StartWebRTC, Submit
+from promptcast.core.session import (
+    Action,
+    Close,
+    RefinePolicy,
+    Reply,
+    Session,
+    StartWebRTC,
+    Submit,
+)
 from promptcast.engine.image import BadImage, encode_jpeg
 from promptcast.engine.pipeline import Engine, RenderCancelled, Rendered
 from promptcast.runtime.metrics import Metrics
@@ -75,8 +83,9 @@ class VideoSink(Protocol):
 class Connection:
     """One client as the runtime sees it: its core session plus what waits to be sent."""
 
-    def __init__(self, session: Session, frame_drops: Counter[str]) -> None:
+    def __init__(self, session: Session, frame_drops: Counter[str], peer: str = "") -> None:
         self.session = session
+        self.peer = peer  # the client's IP address
         self.frames: FrameSlot[EncodedFrame] = FrameSlot(frame_drops)
         self.control: deque[ServerMessage] = deque(maxlen=CONTROL_BACKLOG)
         self.closed = False
@@ -84,6 +93,7 @@ class Connection:
         self.video: VideoSink | None = None
         # Set by the transport that can answer WebRTC offers (called with the offer's SDP).
         self.start_webrtc: Callable[[str], None] | None = None
+        self.close_request: Close | None = None  # sent after the queued control messages
         self._wake = asyncio.Event()
 
     def send(self, message: ServerMessage) -> None:
@@ -94,11 +104,18 @@ class Connection:
         self.frames.put(frame)
         self._wake.set()
 
-    async def next_outgoing(self) -> ServerMessage | EncodedFrame:
-        """The next thing to send: control messages first, then the newest frame."""
+    def request_close(self, close: Close) -> None:
+        self.close_request = close
+        self._wake.set()
+
+    async def next_outgoing(self) -> ServerMessage | EncodedFrame | Close:
+        """The next thing to send: control messages first, then a close if one was asked for,
+        then the newest frame."""
         while True:
             if self.control:
                 return self.control.popleft()
+            if self.close_request is not None:
+                return self.close_request
             frame = self.frames.take()
             if frame is not None:
                 return frame
@@ -117,6 +134,8 @@ class Runtime:
         self.ready = False
         self.limits: Limits | None = None  # set once the model is loaded
         self.failure: BaseException | None = None
+        self.draining = False  # shutting down: /readyz says so and new sessions are refused
+        self.abandoned = False  # shutdown gave up waiting for the engine thread
         self._thread = EngineThread()
         # Set (from the loop) when an update arrives; a running refine polls it from the engine
         # thread between UNet steps and gives way.
@@ -156,6 +175,8 @@ class Runtime:
             max_message_bytes=self.config.max_message_bytes,
             max_prompt_chars=self.config.max_prompt_chars,
             max_image_bytes=self.config.max_image_bytes,
+            max_messages_per_s=self.config.max_messages_per_s,
+            message_burst=self.config.message_burst,
         )
         self.refine = self._refine_policy()
         self.ready = True
@@ -198,13 +219,40 @@ class Runtime:
         if self._started is not None:
             self._started.cancel()
             await asyncio.gather(self._started, return_exceptions=True)
-        await asyncio.to_thread(self._thread.shutdown)
+        # The render in flight finishes (a GPU step is never abandoned half-way), within half
+        # the shutdown timeout (uvicorn had the other half to close the connections).
+        limit = self.config.shutdown_timeout_s / 2
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._thread.shutdown), limit)
+        except TimeoutError:
+            self.abandoned = True
+            log.error("the engine is still busy after %.1f s; exiting without waiting for it", limit)
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(ready, what /readyz says)."""
+        if self.failure is not None:
+            return False, {"status": "failed", "error": str(self.failure)}
+        if self.draining:
+            return False, {"status": "shutting_down"}
+        if not self.ready:
+            return False, {"status": "loading"}
+        busy = self._thread.busy_for()
+        if busy > self.config.stuck_after_s:
+            return False, {"status": "stuck", "error": f"one engine call has run for {busy:.0f} s"}
+        return True, {"status": "ready", "model": self.engine.model_info()}
 
     # ------------------------------------------------------------ sessions
 
-    def open_session(self) -> Connection:
+    def open_session(self, peer: str = "") -> Connection:
+        """A session for a client connecting from address `peer`."""
+        if self.draining:
+            raise ServerFull("the server is shutting down")
         if len(self.connections) >= self.config.max_sessions:
             raise ServerFull(f"the server is at its limit of {self.config.max_sessions} sessions")
+        if sum(c.peer == peer for c in self.connections.values()) >= self.config.max_sessions_per_ip:
+            raise ServerFull(
+                f"{peer} already has {self.config.max_sessions_per_ip} sessions, the limit per address"
+            )
         limits = self.limits
         assert limits is not None, "open_session() before the runtime is ready"
         session_id = secrets.token_hex(4)
@@ -212,7 +260,7 @@ class Runtime:
             session_id = secrets.token_hex(4)
         session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1),
                           refine=self.refine)
-        conn = Connection(session, self.frame_drops)
+        conn = Connection(session, self.frame_drops, peer)
         self.connections[session_id] = conn
         conn.send(
             Hello(session_id, session.seed, self.engine.model_info(), limits,
@@ -244,6 +292,10 @@ class Runtime:
                 self.metrics.prompts.inc()
                 self._submit(action.job)
                 self._preempt.set()
+            elif isinstance(action, Close):
+                self.metrics.rejected.labels("flood").inc()
+                log.info("session %s: closing: %s", conn.session.id, action.reason)
+                conn.request_close(action)
             elif isinstance(action, StartWebRTC):
                 if conn.start_webrtc is None:
                     conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, "WebRTC is not available here"))

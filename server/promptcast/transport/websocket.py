@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from promptcast.core.access import SUBPROTOCOL, origin_ok, presented_token, token_ok
 from promptcast.core.messages import ErrorCode, ErrorMessage, serialise
+from promptcast.core.session import Close
 from promptcast.runtime.runtime import Connection, EncodedFrame, Runtime, ServerFull
 from promptcast.transport.webrtc import negotiate
 
@@ -17,12 +20,22 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
-    await websocket.accept()
+    config = runtime.config
+    # Checked before the upgrade, so a refused handshake is a plain HTTP error.
+    headers = websocket.headers
+    if not origin_ok(headers.get("origin"), headers.get("host"), config.allowed_origins):
+        await _deny(websocket, 403, f"origin {headers.get('origin')!r} is not allowed")
+        return
+    subprotocols = websocket.scope.get("subprotocols", [])
+    if not token_ok(config.token, presented_token(headers, websocket.query_params, subprotocols)):
+        await _deny(websocket, 401, "a valid bearer token is required (see docs/protocol.md)")
+        return
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
     if not runtime.ready:
         await _refuse(websocket, ErrorCode.NOT_READY, "the model is still loading; retry shortly")
         return
     try:
-        conn = runtime.open_session()
+        conn = runtime.open_session(websocket.client.host if websocket.client else "")
     except ServerFull as exc:
         await _refuse(websocket, ErrorCode.SERVER_FULL, str(exc))
         return
@@ -52,12 +65,19 @@ async def _send_loop(websocket: WebSocket, runtime: Runtime, conn: Connection) -
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
             item = await conn.next_outgoing()
+            if isinstance(item, Close):
+                await websocket.close(item.code, reason=item.reason)
+                return
             if isinstance(item, EncodedFrame):
                 header, image = runtime.frame_message(item)
                 await websocket.send_text(header)
                 await websocket.send_bytes(image)
             else:
                 await websocket.send_text(serialise(item))
+
+
+async def _deny(websocket: WebSocket, status: int, message: str) -> None:
+    await websocket.send_denial_response(JSONResponse({"error": message}, status))
 
 
 async def _refuse(websocket: WebSocket, code: str, message: str) -> None:

@@ -107,6 +107,9 @@ def _serve_parser(sub: Any) -> None:
           "(rate_limited), and a flood that goes on is closed (1008)", type=float)
     o.add("--message-burst", "PROMPTCAST_MESSAGE_BURST", 100,
           "messages a connection may send at once, above the average rate", type=positive_int)
+    o.add("--max-webrtc-peers", "PROMPTCAST_MAX_WEBRTC_PEERS", 32,
+          "WebRTC video peers at once (each holds a video encoder); past it, offers are refused "
+          "and frames stay on the WebSocket", type=positive_int)
     o.add("--token", "PROMPTCAST_TOKEN", None,
           "require this bearer token on /ws (Authorization: Bearer, subprotocol bearer.TOKEN, or "
           "?token=); prefer the environment variable, which other users cannot see in ps")
@@ -166,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_sessions_per_ip=args.max_sessions_per_ip,
         max_messages_per_s=args.max_messages_per_s,
         message_burst=args.message_burst,
+        max_webrtc_peers=args.max_webrtc_peers,
         token=args.token or None,
         protect_metrics=args.protect_metrics,
         allowed_origins=tuple(args.allow_origin),

@@ -132,3 +132,25 @@ async def test_a_spoofed_udp_flood_at_an_ice_port_stays_bounded(engine: Engine) 
         assert (await recv_json(ws, timeout=20))["type"] in ("frame", "video")
         await pc.close()
         await ws.close()
+
+
+async def test_video_peers_past_the_limit_are_refused_and_frames_stay_on_the_socket(
+    engine: Engine,
+) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",), max_webrtc_peers=1) as srv:
+        first, hello = await connect(srv.ws_url)
+        assert hello["limits"]["max_webrtc_peers"] == 1
+        pc, _, _ = await open_video(first)
+        second, _ = await connect(srv.ws_url)
+        other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        other.addTransceiver("video", direction="recvonly")
+        await other.setLocalDescription(await other.createOffer())
+        await second.send(json.dumps({"type": "webrtc_offer", "sdp": other.localDescription.sdp}))
+        err = await recv_json(second)
+        assert err["code"] == "webrtc_failed" and "limit" in err["message"]
+        await second.send(prompt(1, "still served"))
+        assert (await recv_json(second))["type"] == "frame"
+        for p in (pc, other):
+            await p.close()
+        for ws in (first, second):
+            await ws.close()

@@ -19,6 +19,7 @@ class Limits:
     max_image_bytes: int = 4 * 1024 * 1024  # one init image (JPEG or PNG) for img2img
     max_messages_per_s: float = 50.0  # per connection, on average (token bucket)
     message_burst: int = 100  # messages a connection may send at once
+    max_webrtc_peers: int = 32  # video peer connections the server holds at once
 
     def __post_init__(self) -> None:
         if self.default_size not in self.sizes:
@@ -33,6 +34,7 @@ class Limits:
             "max_image_bytes": self.max_image_bytes,
             "max_messages_per_s": self.max_messages_per_s,
             "message_burst": self.message_burst,
+            "max_webrtc_peers": self.max_webrtc_peers,
             "seed_max": SEED_MAX,
             "seq_max": SEQ_MAX,
         }

@@ -177,6 +177,7 @@ class Runtime:
             max_image_bytes=self.config.max_image_bytes,
             max_messages_per_s=self.config.max_messages_per_s,
             message_burst=self.config.message_burst,
+            max_webrtc_peers=self.config.max_webrtc_peers,
         )
         self.refine = self._refine_policy()
         self.ready = True
@@ -297,8 +298,16 @@ class Runtime:
                 log.info("session %s: closing: %s", conn.session.id, action.reason)
                 conn.request_close(action)
             elif isinstance(action, StartWebRTC):
+                peers = sum(c.video is not None for c in self.connections.values())
                 if conn.start_webrtc is None:
                     conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, "WebRTC is not available here"))
+                elif conn.video is None and peers >= self.config.max_webrtc_peers:
+                    # Each peer holds a video encoder; past the limit, frames stay on the socket.
+                    conn.send(ErrorMessage(
+                        ErrorCode.WEBRTC_FAILED,
+                        f"the server already has {peers} video peers, its limit; frames keep "
+                        "coming over this WebSocket",
+                    ))
                 else:
                     conn.start_webrtc(action.offer_sdp)
             else:

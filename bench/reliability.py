@@ -46,13 +46,16 @@ def serve_fake(port: int, step_ms: float, max_batch: int) -> None:
     from promptcast.app import create_app
     from promptcast.cli import uvicorn_config
     from promptcast.config import Config
+    from promptcast.runtime.logs import limit_rates
 
     # Every client comes from 127.0.0.1 here, so the per-address cap is lifted to the total;
     # the fault bench sends as fast as answers come back, over the default message rate.
     config = Config(host="127.0.0.1", port=port, log_level="warning", refine_after_ms=0,
                     max_sessions=1024, max_sessions_per_ip=1024, max_messages_per_s=1000)
     app = create_app(config, FixedTimeEngine(step_ms, max_batch))  # type: ignore[arg-type]
-    uvicorn.Server(uvicorn_config(app, config)).run()
+    server = uvicorn.Server(uvicorn_config(app, config))
+    limit_rates()  # the log set-up `promptcast serve` makes
+    server.run()
 
 
 @contextlib.contextmanager

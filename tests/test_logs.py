@@ -28,3 +28,21 @@ def test_other_loggers_are_never_dropped() -> None:
     f = RateLimitFilter(burst=1, per_s=60, clock=lambda: 0.0)
     assert all(f.filter(record("promptcast.engine.compile", 5)) for _ in range(50))
     assert all(f.filter(record("uvicorn.error", 5)) for _ in range(50))
+
+
+def test_uvicorns_report_of_a_client_fault_becomes_one_info_line() -> None:
+    import sys
+
+    from promptcast.runtime.logs import ClientFaultFilter
+
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        exc_info = sys.exc_info()
+    rec = logging.LogRecord("uvicorn.error", logging.ERROR, "x.py", 1,
+                            "Invalid UTF-8 sequence received from client.", (), exc_info)
+    assert ClientFaultFilter().filter(rec)
+    assert rec.levelno == logging.INFO and rec.exc_info is None and "client's fault" in rec.getMessage()
+    other = logging.LogRecord("uvicorn.error", logging.ERROR, "x.py", 1, "Exception in ASGI application",
+                              (), exc_info)
+    assert ClientFaultFilter().filter(other) and other.levelno == logging.ERROR and other.exc_info

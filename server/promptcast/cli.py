@@ -224,7 +224,11 @@ async def serve(config: Config) -> int:
                 runtime.draining = True
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn_config(app, config))
+    server = Server(uvicorn_config(app, config))  # sets up uvicorn's loggers
+    if config.log_level != "debug":
+        from promptcast.runtime.logs import limit_rates
+
+        limit_rates()
     log.info("promptcast %s: preset %s, model %s, http://%s:%d", __version__,
              config.engine.preset or "(default)", config.engine.model or "(preset's)",
              config.host, config.port)
@@ -262,9 +266,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if config.log_level != "debug":
         quiet_model_libraries()
-        from promptcast.runtime.logs import limit_rates
-
-        limit_rates()
     from promptcast.transport.webrtc import parse_ice_server
 
     try:

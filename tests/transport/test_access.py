@@ -24,9 +24,9 @@ async def refused_status(url: str, **kwargs: Any) -> int:
 
 async def test_the_token_is_required_and_accepted_three_ways(engine: Engine) -> None:
     async with run_server(engine, token=TOKEN, protect_metrics=True) as srv:
-        assert await refused_status(srv.ws_url) == 401
-        assert await refused_status(srv.ws_url, additional_headers={"Authorization": "Bearer nope"}) == 401
-        assert await refused_status(srv.ws_url + "?token=nope") == 401
+        assert await refused_status(srv.ws_url) == 403
+        assert await refused_status(srv.ws_url, additional_headers={"Authorization": "Bearer nope"}) == 403
+        assert await refused_status(srv.ws_url + "?token=nope") == 403
         by_header = await ws_connect(srv.ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"})
         by_query = await ws_connect(srv.ws_url + f"?token={TOKEN}")
         # As the page does it: the server picks "promptcast" and never echoes the token back.

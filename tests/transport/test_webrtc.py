@@ -99,6 +99,15 @@ async def test_a_bad_offer_is_an_error_not_a_crash(engine: Engine) -> None:
         await ws.close()
 
 
+async def send_offer(ws: Any) -> RTCPeerConnection:
+    """Offer to receive video; the caller reads the answer (or error) itself."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    await ws.send(json.dumps({"type": "webrtc_offer", "sdp": pc.localDescription.sdp}))
+    return pc
+
+
 async def test_a_spoofed_udp_flood_at_an_ice_port_stays_bounded(engine: Engine) -> None:
     import re
     import socket
@@ -107,10 +116,7 @@ async def test_a_spoofed_udp_flood_at_an_ice_port_stays_bounded(engine: Engine) 
 
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        await ws.send(json.dumps({"type": "webrtc_offer", "sdp": pc.localDescription.sdp}))
+        pc = await send_offer(ws)
         answer = await recv_json(ws)
         # The client never completes ICE: the server's port just receives garbage, as from an
         # attacker who read the candidate. Only ever sent to 127.0.0.1.
@@ -142,10 +148,7 @@ async def test_video_peers_past_the_limit_are_refused_and_frames_stay_on_the_soc
         assert hello["limits"]["max_webrtc_peers"] == 1
         pc, _, _ = await open_video(first)
         second, _ = await connect(srv.ws_url)
-        other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        other.addTransceiver("video", direction="recvonly")
-        await other.setLocalDescription(await other.createOffer())
-        await second.send(json.dumps({"type": "webrtc_offer", "sdp": other.localDescription.sdp}))
+        other = await send_offer(second)
         err = await recv_json(second)
         assert err["code"] == "webrtc_failed" and "limit" in err["message"]
         await second.send(prompt(1, "still served"))

@@ -44,9 +44,27 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+# What uvicorn logs at error level, with a traceback, when a client breaks the protocol. The
+# connection is closed with the right code; it is the client's fault, not the server's.
+UVICORN_CLIENT_FAULTS = ("Invalid UTF-8 sequence received from client",)
+
+
+class ClientFaultFilter(logging.Filter):
+    """Turns uvicorn's error-with-traceback for a client's protocol fault into one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(UVICORN_CLIENT_FAULTS):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            record.msg = f"{record.msg} (a client's fault; its connection was closed)"
+        return True
+
+
 def limit_rates(burst: int = 10, per_s: float = 60.0) -> None:
-    """Rate-limit the client-facing loggers' lines on every root handler. Call after
-    logging.basicConfig."""
+    """Rate-limit the client-facing loggers' lines on every root handler, and quieten uvicorn's
+    reports of client faults. Call after logging.basicConfig and after uvicorn's own logging
+    set-up (uvicorn.Config)."""
     rate_filter = RateLimitFilter(burst, per_s)
     for handler in logging.getLogger().handlers:
         handler.addFilter(rate_filter)
+    logging.getLogger("uvicorn.error").addFilter(ClientFaultFilter())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from promptcast.core.access import SUBPROTOCOL, origin_ok, presented_token, token_ok
@@ -13,6 +13,8 @@ from promptcast.core.messages import ErrorCode, ErrorMessage, serialise
 from promptcast.core.session import Close
 from promptcast.runtime.runtime import Connection, EncodedFrame, Runtime, ServerFull
 from promptcast.transport.webrtc import negotiate
+
+log = logging.getLogger(__name__)
 
 # RFC 6455 close codes.
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -24,11 +26,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     # Checked before the upgrade, so a refused handshake is a plain HTTP error.
     headers = websocket.headers
     if not origin_ok(headers.get("origin"), headers.get("host"), config.allowed_origins):
-        await _deny(websocket, 403, f"origin {headers.get('origin')!r} is not allowed")
+        await _deny(websocket, f"origin {headers.get('origin')!r} is not allowed")
         return
     subprotocols = websocket.scope.get("subprotocols", [])
     if not token_ok(config.token, presented_token(headers, websocket.query_params, subprotocols)):
-        await _deny(websocket, 401, "a valid bearer token is required (see docs/protocol.md)")
+        await _deny(websocket, "no valid bearer token")
         return
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
     if not runtime.ready:
@@ -76,8 +78,12 @@ async def _send_loop(websocket: WebSocket, runtime: Runtime, conn: Connection) -
                 await websocket.send_text(serialise(item))
 
 
-async def _deny(websocket: WebSocket, status: int, message: str) -> None:
-    await websocket.send_denial_response(JSONResponse({"error": message}, status))
+async def _deny(websocket: WebSocket, message: str) -> None:
+    # Closing before the accept answers the handshake with HTTP 403. (A denial response with
+    # its own status and body would be nicer, but uvicorn's websockets-sansio protocol then logs
+    # an error for every refused client; the reason goes to our log instead.)
+    log.info("%s: handshake refused: %s", websocket.client.host if websocket.client else "?", message)
+    await websocket.close()
 
 
 async def _refuse(websocket: WebSocket, code: str, message: str) -> None:

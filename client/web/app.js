@@ -27,7 +27,8 @@ const video = $("video");
 const conn = new Connection(wsUrl, {
   state: (s) => { $("status").dataset.state = s; $("status").textContent = s; },
   hello,
-  message: () => {},
+  // A notice (e.g. prompt_truncated) is shown like an error, but the picture still comes.
+  message: (msg) => { if (msg.type === "notice") showError(msg.message); },
   jpeg: drawJpeg,
   video: { track: showVideo, meta: (m) => state.metas.push(m) },
   transport: setTransport,

@@ -185,7 +185,10 @@ def test_unknown_hub_id_offline_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_prompt_longer_than_the_encoder_takes_is_truncated(engine: Engine) -> None:
     out = engine.render(req(" ".join(["word"] * 200)))
-    assert out.pixels.shape == (128, 128, 3)
+    assert out.pixels.shape == (128, 128, 3) and out.prompt_truncated
+    # 75 words and BOS/EOS fill the 77 tokens exactly; one more is cut.
+    assert not engine.render(req(" ".join(["word"] * 75))).prompt_truncated
+    assert engine.render(req(" ".join(["word"] * 76))).prompt_truncated
 
 
 

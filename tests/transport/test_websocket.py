@@ -412,3 +412,18 @@ async def test_shutdown_gives_up_on_a_stuck_engine_within_the_timeout(engine: En
         await holder.close()
     finally:
         fake.release.set()  # let the engine thread end
+
+
+async def test_a_prompt_past_the_token_limit_gets_one_notice(server: Server) -> None:
+    ws, hello = await connect(server.ws_url)
+    assert hello["model"]["max_prompt_tokens"] == 77
+    words = " ".join(["word"] * 80)
+    await ws.send(prompt(1, words, width=64, height=64))
+    notice = await recv_json(ws)
+    assert notice["type"] == "notice" and notice["code"] == "prompt_truncated" and notice["seq"] == 1
+    assert "77 tokens" in notice["message"]
+    await frames_until(ws, 1)
+    await ws.send(prompt(2, words + " more", width=64, height=64))  # still over: no new notice
+    [(header, _)] = await frames_until(ws, 2)
+    assert header["seq"] == 2
+    await ws.close()

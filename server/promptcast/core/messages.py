@@ -340,7 +340,23 @@ class VideoState:
         return {"type": "video", "transport": self.transport, "reason": self.reason}
 
 
-ServerMessage = Hello | ErrorMessage | Unchanged | FrameHeader | WebRTCAnswer | VideoState
+@dataclass(frozen=True)
+class Notice:
+    """Something the client should know about `seq` that is not an error: it was rendered."""
+
+    code: str
+    message: str
+    seq: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"type": "notice", "code": self.code, "message": self.message, "seq": self.seq}
+
+
+class NoticeCode:
+    PROMPT_TRUNCATED = "prompt_truncated"
+
+
+ServerMessage = Hello | ErrorMessage | Unchanged | FrameHeader | WebRTCAnswer | VideoState | Notice
 
 
 def serialise(message: ServerMessage) -> str:

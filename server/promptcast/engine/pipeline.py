@@ -50,6 +50,7 @@ class Conditioning:
 
     embeds: torch.Tensor  # (1, 77, D) text encoder hidden states
     pooled: torch.Tensor | None  # (1, P) SDXL's pooled text embedding, else None
+    truncated: bool = False  # the prompt had more tokens than the encoder reads; the rest is ignored
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Rendered:
     timings: dict[str, float]  # milliseconds per stage (of the whole batch it was rendered in)
     prompt_cache_hit: bool
     batch_size: int = 1  # frames rendered together with this one, itself included
+    prompt_truncated: bool = False  # only the first `max_prompt_tokens` tokens were used
 
 
 def resolve_device(name: str) -> torch.device:
@@ -250,6 +252,7 @@ class Engine:
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "max_prompt_tokens": int(self.c.tokenizer.model_max_length),
             "compile": self.mode,
             "batch_sizes": list(self.config.batch_sizes),
         }
@@ -263,15 +266,17 @@ class Engine:
 
     def _encode_prompt(self, text: str) -> Conditioning:
         c = self.c
+        # Counted without truncation (BOS and EOS included), to tell the client what was cut.
+        truncated = len(c.tokenizer(text).input_ids) > c.tokenizer.model_max_length
         if c.arch == "sd":
             hidden: torch.Tensor = c.text_encoder(self._tokens(c.tokenizer, text))[0]  # (1, 77, D)
-            return Conditioning(hidden, None)
+            return Conditioning(hidden, None, truncated)
         # SDXL: the penultimate hidden states of both encoders side by side, plus the second
         # encoder's pooled projection, as StableDiffusionXLPipeline.encode_prompt builds them.
         out_1 = c.text_encoder(self._tokens(c.tokenizer, text), output_hidden_states=True)
         out_2 = c.text_encoder_2(self._tokens(c.tokenizer_2, text), output_hidden_states=True)
         embeds = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)  # (1, 77, D1+D2)
-        return Conditioning(embeds, out_2[0])  # pooled: (1, P)
+        return Conditioning(embeds, out_2[0], truncated)  # pooled: (1, P)
 
     def _tokens(self, tokenizer: Any, text: str) -> torch.Tensor:
         ids: torch.Tensor = tokenizer(
@@ -427,8 +432,8 @@ class Engine:
             "decode_ms": (t3 - t2) * 1e3,
         }
         return [
-            Rendered(p, dict(timings), hit, len(reqs))
-            for p, (_, hit) in zip(pixels, looked_up, strict=True)
+            Rendered(p, dict(timings), hit, len(reqs), cond.truncated)
+            for p, (cond, hit) in zip(pixels, looked_up, strict=True)
         ]
 
     def _padded_batch(self, n: int) -> int:

@@ -28,6 +28,8 @@ from promptcast.core.messages import (
     ErrorMessage,
     FrameHeader,
     Hello,
+    Notice,
+    NoticeCode,
     ServerMessage,
     serialise,
 )
@@ -94,6 +96,7 @@ class Connection:
         # Set by the transport that can answer WebRTC offers (called with the offer's SDP).
         self.start_webrtc: Callable[[str], None] | None = None
         self.close_request: Close | None = None  # sent after the queued control messages
+        self.prompt_truncated = False  # the last frame's prompt was cut to the encoder's limit
         self._wake = asyncio.Event()
 
     def send(self, message: ServerMessage) -> None:
@@ -376,6 +379,7 @@ class Runtime:
                 if conn is not None and not job.refined:
                     conn.session.frame_rendered(job)
                     self._schedule_refine(conn)
+                    self._notice_truncation(conn, job, rendered.prompt_truncated)
                 self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
 
     async def _render(
@@ -401,6 +405,18 @@ class Runtime:
             except Exception as exc:
                 results.append(exc)
         return results
+
+    def _notice_truncation(self, conn: Connection, job: Job, truncated: bool) -> None:
+        """Tell the client once when its prompt grows past what the text encoder reads (and
+        again if it shrinks back under and grows past it later)."""
+        if truncated and not conn.prompt_truncated:
+            limit = self.engine.model_info().get("max_prompt_tokens")
+            conn.send(Notice(
+                NoticeCode.PROMPT_TRUNCATED,
+                f"the prompt is longer than the {limit} tokens the text encoder reads; "
+                "the rest is ignored", job.seq,
+            ))
+        conn.prompt_truncated = truncated
 
     # ------------------------------------------------------------ refining idle sessions
 

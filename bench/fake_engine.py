@@ -55,6 +55,9 @@ class FixedTimeEngine:
         timings = {"text_encode_ms": 0.0, "denoise_ms": self.step_s * 1e3, "decode_ms": 0.0}
         return [Rendered(self._pixels(r), dict(timings), True, len(reqs)) for r in reqs]
 
+    def recover(self, exc: BaseException) -> None:
+        pass
+
     def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
         return self.render_batch([req], cancelled)[0]
 

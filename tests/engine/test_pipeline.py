@@ -223,3 +223,10 @@ def test_a_batch_gives_each_request_the_frame_it_gets_alone(engine: Engine) -> N
         alone = engine.render(request).pixels.astype(int)
         assert np.abs(frame.pixels.astype(int) - alone).max() <= 1  # batched matmuls round alike
     assert not np.array_equal(together[0].pixels, together[2].pixels)  # seeds differ
+
+
+def test_recover_after_a_failed_render_leaves_the_engine_rendering(engine: Engine) -> None:
+    import torch
+
+    engine.recover(torch.OutOfMemoryError("simulated: CUDA out of memory"))
+    assert engine.render(req("after recovery")).pixels.shape == (128, 128, 3)

@@ -224,12 +224,17 @@ class FlakyEngine(Engine):
             raise RuntimeError("simulated device fault")
         return super().render_batch(reqs, cancelled)
 
+    def recover(self, exc: BaseException) -> None:
+        self.recoveries.append(str(exc))
+        super().recover(exc)
+
 
 def flaky(engine: Engine) -> FlakyEngine:
     fake = FlakyEngine(engine.config)
     fake.__dict__.update(engine.__dict__)  # share the loaded model
     fake.holding, fake.release = threading.Event(), threading.Event()
     fake.batches = []
+    fake.recoveries = []
     return fake
 
 
@@ -256,6 +261,8 @@ async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine:
         # The batch failed as a whole; rendered again one by one, only "boom" fails.
         assert (await frames_until(other, 1))[-1][0]["seq"] == 1
         assert fake.batches == [["boom", "fine"], ["boom"], ["fine"]]
+        # The engine was given the chance to free what each failed call left behind.
+        assert fake.recoveries == ["simulated device fault"] * 2
         await ws.send(prompt(2, "after the fault", width=64, height=64))
         assert (await frames_until(ws, 2))[-1][0]["seq"] == 2
         for c in (holder, ws, other):

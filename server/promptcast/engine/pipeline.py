@@ -436,6 +436,18 @@ class Engine:
             for p, (cond, hit) in zip(pixels, looked_up, strict=True)
         ]
 
+    def recover(self, exc: BaseException) -> None:
+        """After a render raised: give back what it may have left behind, so the next frame
+        has the device's memory. An out-of-memory error mid-step leaves the allocator holding
+        freed blocks; the caching allocator returns them here. Captured graphs keep their own
+        pool and stay valid. Call from the engine thread."""
+        self._init_latents.clear()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        if isinstance(exc, torch.OutOfMemoryError):
+            log.warning("out of device memory; caches freed: %s", str(exc).splitlines()[0])
+
     def _padded_batch(self, n: int) -> int:
         if self.mode == "eager":
             return n  # no shape buckets to fill

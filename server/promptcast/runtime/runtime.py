@@ -394,6 +394,7 @@ class Runtime:
         except RenderCancelled:
             raise
         except Exception as exc:
+            await self._recover(exc)
             if len(batch) == 1:
                 return [exc]
         results: list[Rendered | Exception] = []
@@ -403,8 +404,16 @@ class Runtime:
             except RenderCancelled:
                 raise
             except Exception as exc:
+                await self._recover(exc)
                 results.append(exc)
         return results
+
+    async def _recover(self, exc: Exception) -> None:
+        """Let the engine free what a failed render left (device memory after an OOM)."""
+        try:
+            await self._thread.run(self.engine.recover, exc)
+        except Exception:
+            log.exception("the engine could not recover after a failed render")
 
     def _notice_truncation(self, conn: Connection, job: Job, truncated: bool) -> None:
         """Tell the client once when its prompt grows past what the text encoder reads (and

@@ -5,7 +5,7 @@ The server runs in its own process, on 127.0.0.1, with the fixed-time fake engin
 
     .venv/bin/python bench/reliability.py load --clients 200 --hz 20 --seconds 30
     .venv/bin/python bench/reliability.py fairness --clients 50 --step-ms 10
-    .venv/bin/python bench/reliability.py churn --cycles 1000
+    scripts/pytest-loopback .venv/bin/python bench/reliability.py churn --cycles 1000
     .venv/bin/python bench/reliability.py faults --faults 100
 """
 
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import socket
 import statistics
@@ -51,7 +52,8 @@ def serve_fake(port: int, step_ms: float, max_batch: int) -> None:
     # Every client comes from 127.0.0.1 here, so the per-address cap is lifted to the total;
     # the fault bench sends as fast as answers come back, over the default message rate.
     config = Config(host="127.0.0.1", port=port, log_level="warning", refine_after_ms=0,
-                    max_sessions=1024, max_sessions_per_ip=1024, max_messages_per_s=1000)
+                    max_sessions=1024, max_sessions_per_ip=1024, max_messages_per_s=1000,
+                    max_webrtc_peers=1024, ice_hosts=("127.0.0.1",))
     app = create_app(config, FixedTimeEngine(step_ms, max_batch))  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn_config(app, config))
     limit_rates()  # the log set-up `promptcast serve` makes
@@ -79,6 +81,23 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
     status = Path(f"/proc/{proc.pid}/status").read_text()
     match = re.search(r"VmRSS:\s+(\d+) kB", status)
     return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def udp_sockets(proc: subprocess.Popen[bytes]) -> int:
+    """UDP sockets the server process holds: each ICE connection binds some, so sockets left
+    after every peer has gone are leaked peers."""
+    inodes = set()
+    for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    udp = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                udp += line.split()[9] in inodes
+    return udp
 
 
 def metric(base: str, name: str) -> float:
@@ -143,17 +162,34 @@ async def fairness(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------ churn
 
 
-async def churn_cycle(url: str, i: int) -> bool:
-    """Connect, prompt, wait for the frame, leave: politely (close) or abruptly (TCP reset).
-    Returns whether the frame came."""
+async def churn_cycle(url: str, i: int, webrtc: bool) -> bool:
+    """Connect, prompt, wait for the frame (or, with `webrtc`, for the video peer to connect),
+    leave: politely (close) or abruptly (TCP reset). Returns whether the frame or peer came."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
     ws = await connect(url, max_size=None)
     await ws.recv()  # hello
+    pc = None
+    if webrtc:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send(json.dumps({"type": "webrtc_offer", "sdp": pc.localDescription.sdp}))
     await ws.send(json.dumps({"type": "prompt", "seq": 1, "text": f"churn {i}"}))
     got = False
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
             while not got:
-                got = isinstance(await ws.recv(), bytes)
+                raw = await ws.recv()
+                if not webrtc:
+                    got = isinstance(raw, bytes)
+                    continue
+                msg = json.loads(raw) if isinstance(raw, str) else {}
+                if msg.get("type") == "webrtc_answer" and pc is not None:
+                    await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "answer"))
+                got = msg == {"type": "video", "transport": "webrtc", "reason": ""}
+    if pc is not None:
+        await pc.close()
     if i % 2:
         sock = ws.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -166,21 +202,41 @@ async def churn_cycle(url: str, i: int) -> bool:
 async def churn(args: argparse.Namespace) -> dict[str, Any]:
     with fake_server(args.step_ms, args.max_batch) as (base, proc):
         url = base.replace("http", "ws") + "/ws"
+        # Only this process and the server live in the loopback-only netns, so the client
+        # offers 127.0.0.1 too (as the server does, from its config).
+        from promptcast.transport.webrtc import use_ice_host_addresses
+
+        use_ice_host_addresses(["127.0.0.1"])
+        webrtc_every = args.webrtc_every
         for i in range(20):  # warm: imports, first allocations
-            await churn_cycle(url, i)
-        rss_before = rss_mb(proc)
+            await churn_cycle(url, i, webrtc_every > 0 and i % webrtc_every < 2)
+        rss_before, udp_before = rss_mb(proc), udp_sockets(proc)
         sem = asyncio.Semaphore(20)
 
         async def limited(i: int) -> bool:
             async with sem:
-                return await churn_cycle(url, i)
+                return await churn_cycle(url, i, webrtc_every > 0 and i % webrtc_every < 2)
 
+        peak_udp = 0
+
+        async def sample_udp() -> None:  # shows the count is live, not always 0
+            nonlocal peak_udp
+            while True:
+                peak_udp = max(peak_udp, udp_sockets(proc))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample_udp())
         got = await asyncio.gather(*(limited(i) for i in range(args.cycles)))
-        await asyncio.sleep(2)  # the server notices the resets
+        sampler.cancel()
+        await asyncio.sleep(5)  # the server notices the resets; closed peers release their ports
+        with_video = sum(webrtc_every > 0 and i % webrtc_every < 2 for i in range(args.cycles))
         return {
             "cycles": args.cycles, "abrupt_resets": args.cycles // 2,
-            "frames_received": sum(got),
+            "cycles_with_webrtc": with_video,
+            "frames_or_peers_received": sum(got),
             "sessions_left": metric(base, "promptcast_sessions"),
+            "webrtc_peers_left": metric(base, "promptcast_webrtc_peers"),
+            "server_udp_sockets_before_peak_after": [udp_before, peak_udp, udp_sockets(proc)],
             "jobs_pending_left": metric(base, "promptcast_jobs_pending"),
             "rss_mb_before": round(rss_before, 1), "rss_mb_after": round(rss_mb(proc), 1),
         }
@@ -238,6 +294,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--faults", type=int, default=100)
+    parser.add_argument("--webrtc-every", type=int, default=4,
+                        help="churn: 2 of every N cycles negotiate WebRTC video (0: none); run it in "
+                        "a loopback-only netns: scripts/pytest-loopback .venv/bin/python ...")
     args = parser.parse_args()
     run = {"load": load, "fairness": fairness, "churn": churn, "faults": faults}[args.what]
     print(json.dumps(asyncio.run(run(args)), indent=2))

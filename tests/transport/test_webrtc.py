@@ -15,7 +15,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from promptcast.engine.pipeline import Engine
 
-from ..conftest import connect, recv_json, run_server
+from ..conftest import connect, http_get, recv_json, run_server
 
 
 async def open_video(ws: Any) -> tuple[RTCPeerConnection, Any, list[dict[str, Any]]]:
@@ -79,12 +79,14 @@ async def test_closing_the_socket_frees_the_peer(engine: Engine) -> None:
         conn = next(iter(srv.runtime.connections.values()))
         peer = conn.video
         assert peer is not None and peer.active
+        assert "promptcast_webrtc_peers 1.0" in (await http_get(srv.http_url + "/metrics"))[1]
         await ws.close()
         for _ in range(100):
             if peer.pc.connectionState == "closed":
                 break
             await asyncio.sleep(0.05)
         assert peer.pc.connectionState == "closed"
+        assert "promptcast_webrtc_peers 0.0" in (await http_get(srv.http_url + "/metrics"))[1]
         await pc.close()
 
 

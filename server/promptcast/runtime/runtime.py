@@ -500,5 +500,6 @@ class Runtime:
             "prompt_cache_hits": self.engine.prompt_cache.hits,
             "prompt_cache_misses": self.engine.prompt_cache.misses,
             "sessions": len(self.connections),
+            "video_peers": sum(c.video is not None for c in self.connections.values()),
             "pending": self.scheduler.pending,
         }

@@ -1,0 +1,1 @@
+"""Training the embedded default model: the synthetic shapes domain and its captions."""

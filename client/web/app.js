@@ -24,8 +24,14 @@ const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 const video = $("video");
 
+const STATUS_TEXT = { idle: "idle: type to reconnect" };
+
 const conn = new Connection(wsUrl, {
-  state: (s) => { $("status").dataset.state = s; $("status").textContent = s; },
+  state: (s) => {
+    $("status").dataset.state = s;
+    $("status").textContent = STATUS_TEXT[s] || s;
+    if (s !== "connected") keepPicture();
+  },
   hello,
   // A notice (e.g. prompt_truncated) is shown like an error, but the picture still comes.
   message: (msg) => { if (msg.type === "notice") showError(msg.message); },
@@ -43,7 +49,9 @@ const conn = new Connection(wsUrl, {
 function hello(msg) {
   const model = msg.model;
   $("model").textContent = `${model.name} (${model.preset}, ${model.scheduler}, ${model.decoder})`;
-  $("seed").value = msg.session.seed;
+  // After a reconnect (an idle timeout, a server restart) the picture keeps its seed, steps
+  // and size: only a first connection takes the session's.
+  if ($("seed").value === "") $("seed").value = msg.session.seed;
   fill($("steps"), model.steps.allowed.map((s) => [s, s]), model.steps.default);
   fill($("size"), model.sizes.allowed.map(([w, h]) => [`${w}x${h}`, `${w}×${h}`]),
        model.sizes.default.join("x"));
@@ -51,9 +59,11 @@ function hello(msg) {
   if ($("prompt").value) sendPrompt(); // after a reconnect, show the text as it stands
 }
 
-function fill(select, options, selected) {
+// Fills a <select>, keeping its current choice if the server still allows it.
+function fill(select, options, fallback) {
+  const current = select.value;
   select.replaceChildren(...options.map(([value, label]) => new Option(label, value)));
-  select.value = String(selected);
+  select.value = options.some(([value]) => String(value) === current) ? current : String(fallback);
 }
 
 function sendPrompt(extra = {}) {
@@ -130,6 +140,18 @@ function setTransport(name, reason) {
   canvas.hidden = name === "webrtc";
   $("transport").textContent = name === "webrtc" ? "WebRTC video" : `WebSocket frames${reason ? ` (${reason})` : ""}`;
   state.rtpOrigin = null;
+}
+
+// When the link closes, the video's last picture moves to the canvas: a closed peer connection
+// may blank the video element, and JPEG frames draw on the canvas until video is back.
+function keepPicture() {
+  if (state.transport !== "webrtc") return;
+  if (video.videoWidth) {
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    ctx.drawImage(video, 0, 0);
+  }
+  setTransport("websocket", "until video reconnects");
 }
 
 function showError(text) {

@@ -1,10 +1,15 @@
 // The link to the server: one WebSocket for control (and frames when WebRTC is not in use),
 // reconnecting by itself, plus an optional WebRTC peer connection for video.
 // It decides nothing about the page; it reports events to the callbacks it is given.
+//
+// A normal closure (1000) is the server's idle timeout: nothing is wrong, so the link does not
+// reconnect by itself (a page left open would otherwise hold a session for ever, in a loop of
+// reconnects and idle closes). It goes "idle" and reconnects when there is something to send.
 
 const WEBRTC_TIMEOUT_MS = 5000; // no video by then (UDP blocked, strict NAT): use WebSocket frames
 const RECONNECT_MIN_MS = 300;
 const RECONNECT_MAX_MS = 5000;
+const CLOSE_IDLE = 1000; // the server's idle timeout (normal closure)
 
 export class Connection {
   constructor(url, handlers, { webrtc = true, token = null } = {}) {
@@ -16,29 +21,41 @@ export class Connection {
     this.pc = null;
     this.pendingHeader = null; // a frame header waiting for its binary JPEG
     this.retryMs = RECONNECT_MIN_MS;
+    this.idle = false; // closed by the server's idle timeout: reopen on the next send
     this.open();
   }
 
   open() {
+    this.idle = false;
     this.on.state(this.ws ? "reconnecting" : "connecting");
     const ws = new WebSocket(this.url, this.protocols);
     ws.binaryType = "blob";
     this.ws = ws;
     ws.onmessage = (event) => this.receive(event.data);
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return;
-      this.closeVideo();
+      this.pendingHeader = null;
+      if (event.code === CLOSE_IDLE) {
+        this.idle = true;
+        this.on.state("idle"); // before the video closes, so the page can keep its last picture
+        this.closeVideo();
+        return;
+      }
       this.on.state("reconnecting");
+      this.closeVideo();
       setTimeout(() => this.open(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
     };
   }
 
+  // False when the message could not go out now. After an idle close this reopens the link;
+  // the page sends its current state again on the next hello.
   send(message) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify(message));
       return true;
     }
+    if (this.idle) this.open();
     return false;
   }
 

@@ -18,6 +18,7 @@ from promptcast.engine.model_index import ModelLoadError, read_model_index
 from promptcast.engine.presets import PRESETS, fetch_hint
 from promptcast.options import (
     Options,
+    non_negative_float,
     parse_batch_sizes,
     parse_size,
     parse_sizes,
@@ -139,6 +140,20 @@ def _serve_parser(sub: Any) -> None:
           "finish before exiting", type=float)
     o.add("--stuck-after", "PROMPTCAST_STUCK_AFTER", 30.0,
           "/readyz answers 503 once one engine call has run this many seconds", type=float)
+    o.add("--idle-timeout", "PROMPTCAST_IDLE_TIMEOUT", 0.0,
+          "close a WebSocket client that has sent nothing for this many seconds (close code 1000, "
+          "reason \"idle timeout\"; the page reconnects when typing resumes); 0 never closes one",
+          type=non_negative_float)
+    o.add("--ws-ping-interval", "PROMPTCAST_WS_PING_INTERVAL", 20.0,
+          "seconds between WebSocket keepalive pings; 0 sends none", type=non_negative_float)
+    o.add("--ws-ping-timeout", "PROMPTCAST_WS_PING_TIMEOUT", 20.0,
+          "drop a WebSocket peer that has not answered a ping within this many seconds (close "
+          "1011); 0 waits forever", type=non_negative_float)
+    o.add("--header-timeout", "PROMPTCAST_HEADER_TIMEOUT", 10.0,
+          "close an HTTP connection whose request (head, and body if any) has not fully arrived "
+          "this many seconds after its first byte, or after the connection opened (slowloris); "
+          "0 waits forever",
+          type=non_negative_float)
     o.add("--log-level", "PROMPTCAST_LOG_LEVEL", "info", "log level",
           choices=["debug", "info", "warning", "error"])
 
@@ -182,14 +197,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
         log_level=args.log_level,
         shutdown_timeout_s=args.shutdown_timeout,
         stuck_after_s=args.stuck_after,
+        idle_timeout_s=args.idle_timeout,
+        ws_ping_interval_s=args.ws_ping_interval,
+        ws_ping_timeout_s=args.ws_ping_timeout,
+        header_timeout_s=args.header_timeout,
     )
 
 
 def uvicorn_config(app: Any, config: Config) -> Any:
     import uvicorn
 
+    from promptcast.transport.http import http_protocol
+
     return uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="on", log_level=config.log_level,
+        # uvicorn has no timeout for a request head: without this, a client that never finishes
+        # its request holds a connection for ever (slowloris).
+        http=http_protocol(config.header_timeout_s),
+        # uvicorn takes None for "off"; 0 would mean a ping timeout that fires at once.
+        ws_ping_interval=config.ws_ping_interval_s or None,
+        ws_ping_timeout=config.ws_ping_timeout_s or None,
         ws_max_size=max(TRANSPORT_MAX_BYTES, 4 * config.max_message_bytes,
                         config.max_image_bytes + 1024),
         # Frames are JPEG (incompressible) and prompts are tiny; compression would only add

@@ -49,5 +49,9 @@ class Config:
     log_level: str = "info"
     shutdown_timeout_s: float = 10.0  # on SIGTERM: the most to wait for clients and the engine
     stuck_after_s: float = 30.0  # /readyz says 503 once one engine call runs longer
+    idle_timeout_s: float = 0.0  # close a WebSocket that sent nothing this long (1000); 0: never
+    ws_ping_interval_s: float = 20.0  # WebSocket keepalive ping every this often; 0: no pings
+    ws_ping_timeout_s: float = 20.0  # a ping unanswered this long drops the peer; 0: wait forever
+    header_timeout_s: float = 10.0  # an HTTP request (head, any body) must arrive within this; 0: off
     ice_hosts: tuple[str, ...] = ()  # host candidates to offer; (): the machine's addresses
     ice_servers: tuple[str, ...] = ()  # stun:/turn: URLs; (): none, no public server is contacted

@@ -29,6 +29,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """Seconds, where 0 turns the feature off. NaN and infinity are refused: a timer cannot use
+    them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number, 0 or more")
+    return value
+
+
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
     """"1,2,4,8" -> (1, 2, 4, 8): sorted, and always with 1 (a lone job must have a bucket)."""
     try:

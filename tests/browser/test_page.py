@@ -8,6 +8,7 @@ would send connectivity checks to them. Test traffic must only go to 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -172,3 +173,40 @@ async def test_page_reconnects_after_a_server_restart(engine: Engine, browser: A
         # The page re-sends the text as it stands, then typing goes on.
         final = await type_and_wait(page, "after the restart")
         assert await page.evaluate("window.promptcast.shownSeq") == final
+
+
+async def test_an_idle_page_stays_closed_until_typing_resumes(engine: Engine, browser: Any) -> None:
+    async with run_server(engine, idle_timeout_s=2.0) as srv:
+        page = await open_page(browser, srv.http_url + "/?transport=websocket")
+        await page.select_option("#size", "64x64")
+        await type_and_wait(page, "a red fox")
+        seed = await page.input_value("#seed")
+        await page.wait_for_function(
+            "document.getElementById('status').dataset.state === 'idle'", timeout=20000)
+        # No reconnecting by itself: the session stays closed while nobody types.
+        await asyncio.sleep(2.5)
+        assert await page.evaluate("document.getElementById('status').dataset.state") == "idle"
+        assert srv.runtime.connections == {}
+        # Typing reopens it; the text as it stands is shown, with the same seed and size.
+        final = await type_and_wait(page, "a red fox asleep")
+        assert await page.evaluate("window.promptcast.shownSeq") >= final
+        assert await page.evaluate("document.getElementById('status').dataset.state") == "connected"
+        assert await page.input_value("#seed") == seed
+        assert await page.evaluate("[canvas.width, canvas.height]") == [64, 64]
+
+
+@needs_netns
+async def test_an_idle_close_keeps_the_video_picture_on_the_canvas(engine: Engine, browser: Any) -> None:
+    # Long enough for the video to connect (the offer is the last message before typing).
+    async with run_server(engine, idle_timeout_s=5.0, ice_hosts=("127.0.0.1",)) as srv:
+        page = await open_page(browser, srv.http_url + "/")
+        await page.wait_for_function("window.promptcast.transport === 'webrtc'", timeout=20000)
+        await type_and_wait(page, "a lighthouse")
+        size = await page.evaluate("[video.videoWidth, video.videoHeight]")
+        await page.wait_for_function(
+            "document.getElementById('status').dataset.state === 'idle'", timeout=20000)
+        assert await page.evaluate("window.promptcast.transport") == "websocket"
+        assert await page.evaluate("[canvas.width, canvas.height, canvas.hidden]") == [*size, False]
+        # A pixel of the picture, not the canvas' empty black.
+        pixel = await page.evaluate("Array.from(canvas.getContext('2d').getImageData(64, 64, 1, 1).data)")
+        assert pixel[3] == 255 and sum(pixel[:3]) > 0

@@ -221,3 +221,27 @@ def test_a_message_flood_is_refused_then_closed_with_1008() -> None:
     assert s.receive_text(prompt(6, "cat 6"), 0.3) == [Close(1008, "message flood")]
     # Refused messages changed nothing: after a pause the client resends its newest state.
     assert submitted(s.receive_text(prompt(7, "cat 7"), 10.0)).text == "cat 7"
+
+
+# ------------------------------------------------------------ idle timeout
+
+
+def test_idle_timeout_counts_from_the_last_message_of_any_kind() -> None:
+    from dataclasses import replace
+
+    from promptcast.core.session import CLOSE_NORMAL, IDLE_REASON, Close
+
+    s = Session("s", replace(LIMITS, idle_timeout_s=60.0), seed=1, opened_at=100.0)
+    assert s.idle_due_at() == 160.0  # a client that never sends anything
+    assert s.idle_close(159.9) is None
+    s.receive_text(prompt(1, "a"), 130.0)
+    s.receive_text("not json", 150.0)  # refused, but the client is there
+    s.receive_binary(b"\x00", 155.0)  # likewise
+    assert s.idle_due_at() == 215.0
+    assert s.idle_close(214.0) is None
+    assert s.idle_close(215.0) == Close(CLOSE_NORMAL, IDLE_REASON) == Close(1000, "idle timeout")
+
+
+def test_no_idle_timeout_when_it_is_off() -> None:
+    s = Session("s", LIMITS, seed=1, opened_at=0.0)  # Limits' default: 0, off
+    assert s.idle_due_at() is None and s.idle_close(1e9) is None

@@ -59,7 +59,7 @@ class StartWebRTC:
 
 @dataclass(frozen=True)
 class Close:
-    """Close the connection (after sending what is queued): the client is abusing it."""
+    """Close the connection (after sending what is queued): the client is abusing it, or idle."""
 
     code: int
     reason: str
@@ -67,6 +67,10 @@ class Close:
 
 # RFC 6455: the endpoint received a message that violates its policy.
 CLOSE_POLICY_VIOLATION = 1008
+# RFC 6455: normal closure. Used for the idle timeout: nothing went wrong, so a client should
+# not reconnect by itself, only when it has something to send again.
+CLOSE_NORMAL = 1000
+IDLE_REASON = "idle timeout"
 
 Action = Submit | Reply | StartWebRTC | Close
 
@@ -77,7 +81,8 @@ def _error(code: str, message: str, seq: int | None = None) -> list[Action]:
 
 class Session:
     def __init__(
-        self, session_id: str, limits: Limits, seed: int, refine: RefinePolicy | None = None
+        self, session_id: str, limits: Limits, seed: int, refine: RefinePolicy | None = None,
+        opened_at: float = 0.0,
     ) -> None:
         self.id = session_id
         self.limits = limits
@@ -97,6 +102,7 @@ class Session:
         self._last_update_at = float("-inf")
         self._target_rendered = False  # the target's first frame exists: refining may start
         self._refined_seq = -1  # the seq last refined (or tried): one refine per update
+        self._heard_at = opened_at  # the last message of any kind (or the opening): idle timeout
 
     def _over_rate(self, now: float) -> list[Action] | None:
         """None when the message may be handled; else what to do instead of handling it."""
@@ -115,6 +121,7 @@ class Session:
         )
 
     def receive_text(self, raw: str, now: float) -> list[Action]:
+        self._heard_at = now
         refused = self._over_rate(now)
         if refused is not None:
             return refused
@@ -156,6 +163,7 @@ class Session:
         return [*actions, *self._update(msg.seq, now)]
 
     def receive_binary(self, data: bytes, now: float) -> list[Action]:
+        self._heard_at = now
         header, self._image_header = self._image_header, None
         if header is None:
             # An image's binary part was counted with its header; a stray one counts itself.
@@ -233,3 +241,19 @@ class Session:
         if request == target.request:
             return None  # nothing to improve
         return Job(self.id, target.seq, request, now, refined=True)
+
+    # ------------------------------------------------------------ idle timeout
+
+    def idle_due_at(self) -> float | None:
+        """When the session counts as idle (caller's clock), or None with no idle timeout.
+        Any message counts as activity, even one that is refused: the client is there."""
+        if self.limits.idle_timeout_s <= 0:
+            return None
+        return self._heard_at + self.limits.idle_timeout_s
+
+    def idle_close(self, now: float) -> Close | None:
+        """The close to send if the session has been idle long enough by `now`, else None."""
+        due = self.idle_due_at()
+        if due is None or now < due:
+            return None
+        return Close(CLOSE_NORMAL, IDLE_REASON)

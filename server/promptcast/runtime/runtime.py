@@ -92,6 +92,7 @@ class Connection:
         self.control: deque[ServerMessage] = deque(maxlen=CONTROL_BACKLOG)
         self.closed = False
         self.refine_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.video: VideoSink | None = None
         # Set by the transport that can answer WebRTC offers (called with the offer's SDP).
         self.start_webrtc: Callable[[str], None] | None = None
@@ -181,6 +182,9 @@ class Runtime:
             max_messages_per_s=self.config.max_messages_per_s,
             message_burst=self.config.message_burst,
             max_webrtc_peers=self.config.max_webrtc_peers,
+            idle_timeout_s=max(0.0, self.config.idle_timeout_s),
+            ping_interval_s=max(0.0, self.config.ws_ping_interval_s),
+            ping_timeout_s=max(0.0, self.config.ws_ping_timeout_s),
         )
         self.refine = self._refine_policy()
         self.ready = True
@@ -263,9 +267,10 @@ class Runtime:
         while session_id in self.connections:
             session_id = secrets.token_hex(4)
         session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1),
-                          refine=self.refine)
+                          refine=self.refine, opened_at=time.monotonic())
         conn = Connection(session, self.frame_drops, peer)
         self.connections[session_id] = conn
+        self._watch_idle(conn)
         conn.send(
             Hello(session_id, session.seed, self.engine.model_info(), limits,
                   server=f"promptcast/{__version__}",
@@ -280,6 +285,8 @@ class Runtime:
             conn.video = None
         if conn.refine_timer is not None:
             conn.refine_timer.cancel()
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
         conn.frames.close()
         self.scheduler.remove_session(conn.session.id)
         self.connections.pop(conn.session.id, None)
@@ -448,6 +455,25 @@ class Runtime:
             self._submit(job)
         else:
             self._schedule_refine(conn)  # typing went on: look again when it may be idle
+
+    # ------------------------------------------------------------ idle timeout
+
+    def _watch_idle(self, conn: Connection) -> None:
+        """Close `conn` once it has sent nothing for the idle timeout. One timer per session,
+        re-armed only when it fires early (messages only move the deadline), so a client
+        typing 50 messages a second costs no timer churn."""
+        conn.idle_timer = None
+        if conn.closed:
+            return
+        close = conn.session.idle_close(time.monotonic())
+        if close is not None:
+            log.info("session %s: closing: %s", conn.session.id, close.reason)
+            conn.request_close(close)
+            return
+        due = conn.session.idle_due_at()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            conn.idle_timer = asyncio.get_running_loop().call_later(delay, self._watch_idle, conn)
 
     def _render_failed(self, job: Job, exc: Exception) -> None:
         if isinstance(exc, BadImage):  # the client's fault: no traceback in the log

@@ -2,8 +2,9 @@
 
 `read_scene` recovers the five attributes from a picture of the shapes domain without any
 learned model: the background is the colour of the border, the object is whatever differs
-from it; its colour is the nearest palette colour, its position the nearest anchor to its
-centroid, and its shape and size the pair whose own render at that place overlaps it best.
+from it; its colour is the nearest palette colour to its core (the half of it farthest from
+the background), its position the nearest anchor to its centroid, and its shape and size the
+pair whose own render at that place overlaps it best.
 On the generator's own renders it is exact (tested), so on a model's pictures it measures the
 model, not the scorer.
 
@@ -18,7 +19,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,11 @@ def read_scene(pixels: np.ndarray) -> dict[str, str]:
     mask = distance > 60
     if mask.sum() < max(4, h * w // 400):
         return found
-    found["colour"] = _nearest_colour(np.median(img[mask], axis=0))
+    # The colour of the object's core: the half of its pixels farthest from the background.
+    # Its edge (anti-aliased, or blurred by a model) mixes in the background and says nothing
+    # about what colour the object is: a yellow disc on blue has a greenish rim.
+    core = mask & (distance >= np.median(distance[mask]))
+    found["colour"] = _nearest_colour(np.median(img[core], axis=0))
     ys, xs = np.nonzero(mask)
     cx, cy = xs.mean() / w, ys.mean() / h
     found["position"] = min(
@@ -92,27 +97,52 @@ def score(pictures: Sequence[np.ndarray], captions: Sequence[str]) -> dict[str, 
     return {a: right[a] / asked[a] for a in ATTRIBUTES if asked[a]}
 
 
-def evaluate_engine(
-    engine: Any, samples: int, steps: Sequence[int], seed: int = 1234
+def evaluate(
+    render: Callable[[str, int, int], np.ndarray], samples: int, steps: Sequence[int],
+    size: int, seed: int = 1234,
 ) -> list[dict[str, Any]]:
     """Render `samples` held-out captions (a seed the training never uses) at each step count
-    and score them; one row per step count, with the median milliseconds per frame."""
-    from promptcast.core.scheduler import RenderRequest
-
-    size = engine.limits.default_size
-    data = list(itertools.islice(examples(seed, size=size[0]), samples))
+    with `render(text, seed, steps)` and score them; one row per step count, with the median
+    milliseconds per frame."""
+    data = list(itertools.islice(examples(seed, size=size), samples))
     rng = random.Random(seed)
     rows = []
     for k in steps:
         pictures, times = [], []
         for _, text, _ in data:
             t0 = time.perf_counter()
-            frame = engine.render(RenderRequest(text, rng.randrange(2**32), k, *size))
+            pictures.append(render(text, rng.randrange(2**32), k))
             times.append((time.perf_counter() - t0) * 1e3)
-            pictures.append(frame.pixels)
         rows.append({"steps": k, "samples": samples, "ms_per_frame": float(np.median(times)),
                      **score(pictures, [text for _, text, _ in data])})
     return rows
+
+
+def evaluate_engine(
+    engine: Any, samples: int, steps: Sequence[int], seed: int = 1234
+) -> list[dict[str, Any]]:
+    """`evaluate` through the serving engine, at its default size."""
+    from promptcast.core.scheduler import RenderRequest
+
+    width, height = engine.limits.default_size
+
+    def render(text: str, seed: int, k: int) -> np.ndarray:
+        frame: np.ndarray = engine.render(RenderRequest(text, seed, k, width, height)).pixels
+        return frame
+
+    return evaluate(render, samples, steps, width, seed)
+
+
+def table(rows: Sequence[dict[str, Any]], label: str = "") -> str:
+    """Markdown rows: `label` (e.g. "student") before the step count, if given."""
+    head = ("| model " if label else "") + "| steps | " + " | ".join(ATTRIBUTES) + " | ms/frame |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        cells = [label] if label else []
+        cells += [str(r["steps"]), *(f"{100 * r[a]:.0f}%" if a in r else "-" for a in ATTRIBUTES),
+                  f"{r['ms_per_frame']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -131,13 +161,8 @@ def main() -> None:
     engine = Engine(EngineConfig(model=args.model, device="cpu"))
     engine.load()
     rows = evaluate_engine(engine, args.samples, [int(s) for s in args.steps.split(",")])
-    print("| steps | " + " | ".join(ATTRIBUTES) + " | ms/frame |")
-    print("|---|" + "---|" * (len(ATTRIBUTES) + 1))
-    for r in rows:
-        print(f"| {r['steps']} | " + " | ".join(f"{100 * r.get(a, 0):.0f}%" for a in ATTRIBUTES)
-              + f" | {r['ms_per_frame']:.1f} |")
+    print(table(rows))
     print(json.dumps(rows))
-
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,8 @@ webrtc_failed to that session, and never raises. Offers are mutations of a real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections import Counter
 
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -78,3 +80,22 @@ def test_any_offer_is_answered_or_reported_never_raised(sdp: str) -> None:
 def test_the_real_offer_is_answered() -> None:
     [reply] = asyncio.run(offer_to_server("\r\n".join(OFFER_LINES)))
     assert isinstance(reply, WebRTCAnswer) and "127.0.0.1" in reply.sdp
+
+
+def test_an_offer_without_its_first_mid_fails_cleanly_and_frees_its_ports() -> None:
+    # Found by the fuzzer: with the video's a=mid dropped, aiortc cannot build an answer, and
+    # its close() then fails on the half-built connection before stopping the ICE transports.
+    first_mid = next(i for i, line in enumerate(OFFER_LINES) if line.startswith("a=mid:"))
+    offer = "\r\n".join(OFFER_LINES[:first_mid] + OFFER_LINES[first_mid + 1:])
+    sockets_before = open_sockets()
+    [reply] = asyncio.run(offer_to_server(offer))
+    assert isinstance(reply, ErrorMessage) and reply.code == "webrtc_failed", reply
+    assert open_sockets() == sockets_before  # the ICE ports it gathered are closed
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the directory's own descriptor, gone once listed
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count

@@ -181,7 +181,20 @@ class WebRTCPeer:
         self.active = False
         self._timeout.cancel()
         self.track.stop()
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception as exc:
+            # aiortc cannot close a connection an odd offer left half-built (found by fuzzing: an
+            # offer whose data channel has no a=mid leaves its SCTP transport unattached, and
+            # close() fails on it before stopping anything else). Stop the transports
+            # ourselves, so no UDP port stays open.
+            log.debug("session %s: closing a half-built peer: %r", self.conn.session.id, exc)
+            for transceiver in self.pc.getTransceivers():
+                dtls = transceiver.sender.transport
+                with contextlib.suppress(Exception):
+                    await dtls.stop()
+                with contextlib.suppress(Exception):
+                    await dtls.transport.stop()
 
 
 async def negotiate(conn: Connection, offer_sdp: str, ice_servers: Sequence[RTCIceServer]) -> None:

@@ -83,16 +83,16 @@ async def type_and_wait(page: Any, text: str, timeout: int = 20000) -> int:
 async def test_page_over_websocket_frames(engine: Engine, browser: Any) -> None:
     async with run_server(engine) as srv:
         page = await open_page(browser, srv.http_url + "/?transport=websocket")
-        assert "promptcast-tiny" in await page.inner_text("#model")
+        assert "promptcast-shapes" in await page.inner_text("#model")
         assert await page.eval_on_selector_all("#size option", "o => o.map(x => x.value)") == [
-            "64x64", "128x128", "256x256"]
+            "32x32", "64x64", "128x128"]
         final = await type_and_wait(page, "a red fox")
         assert await page.evaluate("window.promptcast.shownSeq") == final
         assert "WebSocket" in await page.inner_text("#transport")
         # The canvas holds the picture at the session's size.
-        assert await page.evaluate("[canvas.width, canvas.height]") == [128, 128]
-        await page.select_option("#size", "64x64")
-        await page.wait_for_function("canvas.width === 64", timeout=20000)
+        assert await page.evaluate("[canvas.width, canvas.height]") == [64, 64]
+        await page.select_option("#size", "128x128")
+        await page.wait_for_function("canvas.width === 128", timeout=20000)
 
 
 async def test_page_passes_the_token_from_its_address(engine: Engine, browser: Any) -> None:
@@ -208,5 +208,6 @@ async def test_an_idle_close_keeps_the_video_picture_on_the_canvas(engine: Engin
         assert await page.evaluate("window.promptcast.transport") == "websocket"
         assert await page.evaluate("[canvas.width, canvas.height, canvas.hidden]") == [*size, False]
         # A pixel of the picture, not the canvas' empty black.
-        pixel = await page.evaluate("Array.from(canvas.getContext('2d').getImageData(64, 64, 1, 1).data)")
+        pixel = await page.evaluate("Array.from(canvas.getContext('2d').getImageData("
+                                    "canvas.width >> 1, canvas.height >> 1, 1, 1).data)")
         assert pixel[3] == 255 and sum(pixel[:3]) > 0

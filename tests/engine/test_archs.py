@@ -58,7 +58,7 @@ def test_parameter_counts_match_the_published_models(arch: str) -> None:
 def test_parameter_counts_of_the_tiny_model() -> None:
     counts = parameter_counts("tiny")
     assert set(counts) == {"text_encoder", "unet", "vae", "full_vae"}
-    assert 0 < counts["unet"] < 2e6  # the embedded model is tiny
+    assert 0 < counts["unet"] < 5e6  # the embedded model is small
 
 
 @pytest.mark.parametrize("arch", BIG_ARCHS)

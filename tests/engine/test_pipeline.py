@@ -26,7 +26,7 @@ from promptcast.engine.pipeline import Engine
 from .tiny_models import save_tiny_sd_folder
 
 
-def req(text: str = "a red circle", seed: int = 1, steps: int = 2, size: int = 128) -> RenderRequest:
+def req(text: str = "a red circle", seed: int = 1, steps: int = 2, size: int = 64) -> RenderRequest:
     return RenderRequest(text, seed, steps, size, size)
 
 
@@ -50,12 +50,12 @@ def test_model_info_and_limits(engine: Engine) -> None:
     assert info["family"] == "lcm" and info["scheduler"] == "LCMScheduler"
     assert info["decoder"] == "AutoencoderTiny"
     assert info["timesteps"]["2"] == [999, 499]  # type: ignore[index]
-    assert engine.limits.default_size == (128, 128)
-    assert engine.limits.sizes == ((64, 64), (128, 128), (256, 256))
+    assert engine.limits.default_size == (64, 64)  # the shapes model: 64 px
+    assert engine.limits.sizes == ((32, 32), (64, 64), (128, 128))
     assert engine.limits.default_steps == 2
 
 
-@pytest.mark.parametrize("size", [64, 128, 256])
+@pytest.mark.parametrize("size", [32, 64, 128])
 def test_renders_a_decodable_jpeg_of_the_requested_size(engine: Engine, size: int) -> None:
     out = engine.render(req(size=size, steps=1))
     assert out.pixels.shape == (size, size, 3) and out.pixels.dtype == np.uint8
@@ -132,7 +132,7 @@ def test_engine_errors_leave_the_engine_usable(engine: Engine) -> None:
             engine.render(req("a prompt that fails"))
     finally:
         hook.remove()
-    assert engine.render(req("a prompt that fails")).pixels.shape == (128, 128, 3)
+    assert engine.render(req("a prompt that fails")).pixels.shape == (64, 64, 3)
 
 
 def _hub_cache_with(model: Path, root: Path, repo: str) -> Path:
@@ -185,7 +185,7 @@ def test_unknown_hub_id_offline_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_prompt_longer_than_the_encoder_takes_is_truncated(engine: Engine) -> None:
     out = engine.render(req(" ".join(["word"] * 200)))
-    assert out.pixels.shape == (128, 128, 3) and out.prompt_truncated
+    assert out.pixels.shape == (64, 64, 3) and out.prompt_truncated
     # 75 words and BOS/EOS fill the 77 tokens exactly; one more is cut.
     assert not engine.render(req(" ".join(["word"] * 75))).prompt_truncated
     assert engine.render(req(" ".join(["word"] * 76))).prompt_truncated
@@ -205,7 +205,7 @@ def test_a_cancelled_render_stops_between_steps(engine: Engine) -> None:
     with pytest.raises(RenderCancelled):
         engine.render(req(steps=4), cancelled)
     assert len(polls) == 3
-    assert engine.render(req(steps=4), lambda: False).pixels.shape == (128, 128, 3)
+    assert engine.render(req(steps=4), lambda: False).pixels.shape == (64, 64, 3)
 
 
 def test_refine_steps_are_about_twice_the_default(engine: Engine) -> None:
@@ -229,4 +229,4 @@ def test_recover_after_a_failed_render_leaves_the_engine_rendering(engine: Engin
     import torch
 
     engine.recover(torch.OutOfMemoryError("simulated: CUDA out of memory"))
-    assert engine.render(req("after recovery")).pixels.shape == (128, 128, 3)
+    assert engine.render(req("after recovery")).pixels.shape == (64, 64, 3)

@@ -31,7 +31,7 @@ async def test_hello_describes_protocol_model_and_limits(server: Server) -> None
     assert model["family"] == "lcm" and model["scheduler"] == "LCMScheduler"
     assert model["timesteps"]["2"] == [999, 499]
     assert model["steps"] == {"default": 2, "allowed": [1, 2, 3, 4, 5, 6, 7, 8]}
-    assert model["sizes"]["default"] == [128, 128]
+    assert model["sizes"]["default"] == [64, 64]
     assert [64, 64] in model["sizes"]["allowed"]
     assert hello["limits"]["max_message_bytes"] == 16384
 
@@ -156,7 +156,7 @@ async def test_abusive_message_closes_only_that_connection(server: Server) -> No
 
 async def test_client_vanishing_mid_render_harms_nobody(server: Server) -> None:
     ws, _ = await connect(server.ws_url)
-    await ws.send(prompt(1, "going away", width=256, height=256, steps=8))
+    await ws.send(prompt(1, "going away", width=128, height=128, steps=8))
     await ws.close()
     other, _ = await connect(server.ws_url)
     await other.send(prompt(1, "still working", width=64, height=64))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from promptcast.training import models
-from promptcast.training.loop import run_stage, warmup_cosine
+from promptcast.training.loop import descend, run_stage, warmup_cosine
 
 LATENT_NOISE = 0.1  # the decoder's input perturbation, in latent standard deviations
 MOMENT_WEIGHT = 0.05
@@ -40,11 +40,7 @@ def train_autoencoder(work: Path, images: torch.Tensor, steps: int, batch: int, 
         mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3))
         moments = (mean.square() + (std - 1.0).square()).mean()
         loss = F.mse_loss(decoded, x) + 0.5 * F.l1_loss(decoded, x) + MOMENT_WEIGHT * moments
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        return loss.item()
+        return descend(loss, optimizer, schedule)
 
     run_stage("autoencoder", work, steps, {"ae": ae, "opt": optimizer, "lr": schedule}, step,
               rng, log=log)

@@ -23,7 +23,7 @@ from transformers import CLIPTextModel
 
 from promptcast.training import models
 from promptcast.training.data import captions, tokens
-from promptcast.training.loop import EMA, run_stage, warmup_cosine
+from promptcast.training.loop import EMA, descend, run_stage, warmup_cosine
 from promptcast.training.shapes import Scene
 
 SIGMA_DATA = 0.5
@@ -103,13 +103,9 @@ def distill(work: Path, teacher: Any, latents: torch.Tensor,
             wanted = c_skip_p * x_prev + c_out_p * x0_from_v(v_p, x_prev, a_prev)
 
         loss = F.mse_loss(predicted, wanted)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        value = descend(loss, optimizer, schedule, clip=student.parameters())
         target.update(student)
-        return loss.item()
+        return value
 
     run_stage("distill", work, steps,
               {"student": student, "target": target, "opt": optimizer, "lr": schedule}, step,

@@ -11,7 +11,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +75,20 @@ def run_stage(
         if now - last_save > save_every_s or done == steps:
             save(done)
             last_save = now
+
+
+def descend(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+            schedule: torch.optim.lr_scheduler.LRScheduler,
+            clip: Iterable[torch.nn.Parameter] | None = None) -> float:
+    """One optimiser step on `loss` (gradients clipped to norm 1 over `clip`, if given), one
+    learning-rate step. Returns the loss, for the progress lines."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
 
 
 class EMA:

@@ -19,7 +19,7 @@ from transformers import CLIPTextModel
 
 from promptcast.training import models
 from promptcast.training.data import UNCONDITIONAL_SHARE, captions, tokens
-from promptcast.training.loop import EMA, run_stage, warmup_cosine
+from promptcast.training.loop import EMA, descend, run_stage, warmup_cosine
 from promptcast.training.shapes import Scene
 
 
@@ -45,13 +45,9 @@ def train_teacher(work: Path, latents: torch.Tensor, scenes: Sequence[Scene],
         noisy = noise_schedule.add_noise(x0, noise, t)
         target = noise_schedule.get_velocity(x0, noise, t)
         loss = F.mse_loss(unet(noisy, t, hidden).sample, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        value = descend(loss, optimizer, schedule, clip=unet.parameters())
         ema.update(unet)
-        return loss.item()
+        return value
 
     run_stage("teacher", work, steps,
               {"unet": unet, "ema": ema, "opt": optimizer, "lr": schedule}, step, rng, log=log)

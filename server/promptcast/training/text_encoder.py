@@ -18,7 +18,7 @@ from transformers import CLIPTextModel
 
 from promptcast.training import models
 from promptcast.training.data import LABELS, captions, labels, tokens
-from promptcast.training.loop import run_stage, warmup_cosine
+from promptcast.training.loop import descend, run_stage, warmup_cosine
 from promptcast.training.shapes import Scene
 
 EOS = 49407
@@ -67,11 +67,7 @@ def train_text_encoder(work: Path, scenes: Sequence[Scene], tokenizer: object, s
         texts = captions(rng.choices(scenes, k=batch), rng, unconditional=0.1)
         ids = tokens(tokenizer, texts)
         loss = heads.loss(encoder(ids).last_hidden_state, ids, labels(texts))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        return loss.item()
+        return descend(loss, optimizer, schedule)
 
     run_stage("text_encoder", work, steps,
               {"encoder": encoder, "heads": heads, "opt": optimizer, "lr": schedule}, step, rng,

@@ -1,6 +1,6 @@
 """Train the embedded default model from a seed: autoencoder, text encoder, teacher, LCM student.
 
-    python -m promptcast.training.train --work runs/shapes            # about an hour on 2 cores
+    python -m promptcast.training.train --work runs/shapes            # 80 minutes on 2 cores
     python -m promptcast.training.train --work runs/shapes --install  # then replace the embedded model
 
 Each stage checkpoints into --work every two minutes and when it ends; run the same command

@@ -15,7 +15,6 @@ from promptcast.engine.pipeline import Engine, guidance_embedding
 from promptcast.training import models, train
 from promptcast.training.data import LABELS, all_scenes, labels, tokens
 from promptcast.training.distill import boundary_scalings
-from promptcast.training.distill import guidance_embedding as batched_guidance_embedding
 from promptcast.training.loop import EMA, run_stage, warmup_cosine
 from promptcast.training.text_encoder import summary_positions
 
@@ -102,9 +101,13 @@ def test_boundary_scalings_and_guidance_embedding_are_the_samplers() -> None:
     for i, step in enumerate(t.tolist()):
         want_skip, want_out = scheduler.get_scalings_for_boundary_condition_discrete(step)
         assert c_skip[i].item() == pytest.approx(want_skip) and c_out[i].item() == pytest.approx(want_out)
-    batched = batched_guidance_embedding(torch.tensor([2.0, 7.0]), models.GUIDANCE_DIM)
-    for row, w in zip(batched, (2.0, 7.0), strict=True):
-        assert torch.allclose(row, guidance_embedding(w, models.GUIDANCE_DIM)[0], atol=1e-5)
+    # The embedding distillation trains with, and the engine serves with, is diffusers' own.
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = torch.tensor([2.0, 7.0])
+    for dim in (models.GUIDANCE_DIM, 33):
+        reference = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, dim)
+        assert torch.allclose(guidance_embedding(w, dim), reference, atol=1e-5)
 
 
 def test_text_encoder_targets_follow_what_the_caption_names() -> None:

@@ -77,11 +77,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def guidance_embedding(w: float, dim: int) -> torch.Tensor:
-    """LCM's sinusoidal embedding of the guidance scale (w = scale - 1). Shape (1, dim)."""
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """LCM's sinusoidal embedding of guidance weights (w = scale - 1), (B,) -> (B, dim): what
+    LCM UNets take as `timestep_cond`. The training of the default model embeds with it too."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
-    args = torch.tensor([w * 1000.0])[:, None] * freqs[None, :]  # (1, half)
+    args = (w.float() * 1000.0)[:, None] * freqs[None, :]  # (B, half)
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
@@ -137,7 +138,7 @@ class Engine:
         # LCM checkpoints take the guidance scale as an embedding (w = scale - 1) instead of a
         # second, unconditional UNet pass; other models run classifier-free guidance above 1.
         self._timestep_cond = (
-            guidance_embedding(self.guidance - 1.0, cond_dim).to(self.device, self.dtype)
+            guidance_embedding(torch.tensor([self.guidance - 1.0]), cond_dim).to(self.device, self.dtype)
             if cond_dim
             else None
         )

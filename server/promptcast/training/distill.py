@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTextModel
 
+from promptcast.engine.pipeline import guidance_embedding
 from promptcast.training import models
 from promptcast.training.data import captions, tokens
 from promptcast.training.loop import EMA, descend, run_stage, warmup_cosine
@@ -36,15 +37,6 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
     c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
     return c_skip[:, None, None, None], c_out[:, None, None, None]
-
-
-def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B,) guidance weights -> (B, dim): the sinusoidal embedding LCM pipelines feed the UNet
-    as `timestep_cond` (promptcast.engine.pipeline.guidance_embedding, batched)."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
-    args = (w.float() * 1000.0)[:, None] * freqs[None, :]
-    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
 def distill(work: Path, teacher: Any, latents: torch.Tensor,

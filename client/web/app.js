@@ -3,6 +3,7 @@
 // JPEGs drawn on a canvas, with frames/s and keystroke-to-picture latency measured here.
 
 import { Connection } from "./connection.js";
+import { VideoSeq } from "./videoseq.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -15,14 +16,13 @@ const state = {
   latencies: [], // recent keystroke-to-picture, ms
   shownTimes: [], // display times in the last second, for frames/s
   transport: "websocket",
-  metas: [], // WebRTC frame metadata not yet matched to a displayed video frame
-  rtpOrigin: null, // RTP timestamp of pts 0 (random per stream)
 };
 window.promptcast = state; // for tests and the curious
 
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
 const video = $("video");
+const videoSeq = new VideoSeq(); // which seq the displayed video frame shows
 
 const STATUS_TEXT = { idle: "idle: type to reconnect" };
 
@@ -36,7 +36,7 @@ const conn = new Connection(wsUrl, {
   // A notice (e.g. prompt_truncated) is shown like an error, but the picture still comes.
   message: (msg) => { if (msg.type === "notice") showError(msg.message); },
   jpeg: drawJpeg,
-  video: { track: showVideo, meta: (m) => state.metas.push(m) },
+  video: { start: () => videoSeq.reset(), track: showVideo, meta: (m) => videoSeq.meta(m) },
   transport: setTransport,
   error: (msg) => showError(`${msg.code}: ${msg.message}`),
 }, {
@@ -114,24 +114,11 @@ function showVideo(stream) {
   video.srcObject = stream;
   video.play().catch(() => {});
   const onFrame = (_now, meta) => {
-    const seq = seqOfVideoFrame(meta.rtpTimestamp);
+    const seq = videoSeq.seqOf(meta.rtpTimestamp);
     if (seq !== null && state.transport === "webrtc") shown(seq);
     video.requestVideoFrameCallback(onFrame);
   };
   if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(onFrame);
-}
-
-// The server sends each video frame's pts (90 kHz) over the data channel; the displayed frame's
-// RTP timestamp is pts plus a random per-stream origin, learned from the first frame.
-function seqOfVideoFrame(rtp) {
-  if (rtp === undefined || state.metas.length === 0) return null;
-  if (state.rtpOrigin === null) state.rtpOrigin = (rtp - state.metas.at(-1).pts) >>> 0;
-  const pts = (rtp - state.rtpOrigin) >>> 0;
-  const index = state.metas.findIndex((m) => m.pts === pts);
-  if (index < 0) return null;
-  const meta = state.metas[index];
-  state.metas.splice(0, index + 1);
-  return meta.seq;
 }
 
 function setTransport(name, reason) {
@@ -139,7 +126,6 @@ function setTransport(name, reason) {
   video.hidden = name !== "webrtc";
   canvas.hidden = name === "webrtc";
   $("transport").textContent = name === "webrtc" ? "WebRTC video" : `WebSocket frames${reason ? ` (${reason})` : ""}`;
-  state.rtpOrigin = null;
 }
 
 // When the link closes, the video's last picture moves to the canvas: a closed peer connection

@@ -100,6 +100,7 @@ export class Connection {
 
   async startVideo() {
     this.closeVideo();
+    this.on.video.start(); // a new stream: its frames' metadata starts afresh
     // No STUN/TURN from the page: the server's candidates are all it needs on a LAN or
     // loopback; a deployment behind NAT configures TURN on the server.
     const pc = new RTCPeerConnection({ iceServers: [] });

@@ -10,10 +10,13 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from promptcast.engine.pipeline import Engine
+from promptcast.transport import webrtc
+from promptcast.transport.webrtc import MIN_PTS_GAP, LatestFrameTrack
 
 from ..conftest import connect, http_get, recv_json, run_server
 
@@ -41,6 +44,20 @@ async def open_video(ws: Any) -> tuple[RTCPeerConnection, Any, list[dict[str, An
 
 def prompt(seq: int, text: str) -> str:
     return json.dumps({"type": "prompt", "seq": seq, "text": text, "width": 64, "height": 64})
+
+
+async def test_frames_at_the_same_instant_get_pts_far_enough_apart(monkeypatch: Any) -> None:
+    # Browsers report a shown frame's RTP timestamp a tick off now and then; the page matches
+    # within a few ticks, so pts must never be closer than MIN_PTS_GAP, however fast frames come.
+    monkeypatch.setattr(webrtc.time, "monotonic", lambda: 1000.0)
+    sent: list[dict[str, Any]] = []
+    track = LatestFrameTrack(sent.append)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    for seq in range(3):
+        track.offer(pixels, {"seq": seq})
+        await track.recv()
+    assert [m["seq"] for m in sent] == [0, 1, 2]
+    assert [m["pts"] for m in sent] == [0, MIN_PTS_GAP, 2 * MIN_PTS_GAP]
 
 
 async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:

@@ -36,6 +36,10 @@ VIDEO_CLOCK = 90_000  # RTP clock rate of video
 # With no new picture, the last one is re-sent this often, so a receiver that lost packets
 # (or just joined) gets a fresh keyframe-able frame instead of a frozen broken one.
 REPEAT_AFTER_S = 1.0
+# Successive frames' pts differ by at least this (1 ms): browsers report a displayed frame's RTP
+# timestamp a tick off now and then, and the page (client/web/videoseq.js) matches it to a
+# frame's metadata within a few ticks, which must never be ambiguous.
+MIN_PTS_GAP = 90
 CONNECT_TIMEOUT_S = 10.0  # a peer that has not connected by then is closed
 
 
@@ -88,7 +92,7 @@ class LatestFrameTrack(MediaStreamTrack):
         self._last: tuple[np.ndarray, dict[str, Any]] | None = None
         self._new = asyncio.Event()
         self._start = time.monotonic()
-        self._last_pts = -1
+        self._last_pts = -MIN_PTS_GAP
 
     def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None:
         """pixels: (H, W, 3) uint8 RGB. Replaces any frame not yet taken by the encoder."""
@@ -107,7 +111,7 @@ class LatestFrameTrack(MediaStreamTrack):
         pixels, meta = item
         # Colour conversion of a large frame takes milliseconds: not on the event loop.
         frame = await asyncio.to_thread(_to_video_frame, pixels)
-        pts = max(self._last_pts + 1, int((time.monotonic() - self._start) * VIDEO_CLOCK))
+        pts = max(self._last_pts + MIN_PTS_GAP, int((time.monotonic() - self._start) * VIDEO_CLOCK))
         self._last_pts = pts
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK)
         self._on_sent({**meta, "pts": pts})

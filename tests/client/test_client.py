@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from promptcast_client import AuthError, Client, ProtocolError, ServerError
+from promptcast_client import AuthError, Client, ProtocolError, ServerError, ServerUnavailable
 from websockets.asyncio.server import ServerConnection, serve
 
 from ..conftest import Server, connect, frames_until, run_server
@@ -89,22 +89,55 @@ async def test_an_unknown_protocol_version_is_a_protocol_error() -> None:
             await Client(f"ws://127.0.0.1:{port}/ws").connect()
 
 
+async def test_an_unannounced_binary_message_is_a_protocol_error_that_ends_the_client() -> None:
+    async def broken_server(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "hello", "protocol": 1, "session": {"id": "x", "seed": 1}}))
+        await ws.recv()  # the client's prompt
+        await ws.send(b"\xff\xd8\xff")  # an image with no frame header before it
+        await ws.wait_closed()
+
+    async with serve(broken_server, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        async with Client(f"ws://127.0.0.1:{port}/ws") as client:
+            await client.send_prompt("a circle")
+            with pytest.raises(ProtocolError, match="binary"):
+                await client.next_frame(timeout=10)
+            assert client.state == "closed"
+            with pytest.raises(ProtocolError):  # and every later call says so too
+                await client.send_prompt("a square")
+
+
+async def test_a_full_server_is_server_unavailable(engine: Any) -> None:
+    async with run_server(engine, max_sessions=1) as srv, Client(srv.ws_url):
+        with pytest.raises(ServerUnavailable) as info:
+            await Client(srv.ws_url).connect()
+        assert info.value.code == "server_full"
+
+
 async def test_after_a_restart_it_reconnects_and_resends_the_last_prompt(engine: Any) -> None:
     client = Client(backoff_initial=0.05, backoff_max=0.5)
-    async with run_server(engine) as first_server:
-        port = first_server.port
-        client.url = first_server.ws_url
-        await client.connect()
-        first = await client.wait_for(await client.send_prompt("a red circle", steps=1, size=SIZE))
-    # The server is gone. What is typed now is only recorded, and must not be lost.
-    assert await client.wait_state("reconnecting", "idle", timeout=10)
-    seq = await client.send_prompt("a blue square on the right")
     try:
-        async with run_server(engine, port=port) as second_server:
+        async with run_server(engine) as first_server:
+            port = first_server.port
+            client.url = first_server.ws_url
+            await client.connect()
+            first = await client.wait_for(await client.send_prompt("a red circle", steps=1, size=SIZE))
+        assert await client.wait_state("reconnecting", timeout=10) == "reconnecting"  # 1012, not idle
+
+        # Restarted: the client reconnects by itself and re-sends text, seed, steps and size, so
+        # the new session draws the very same picture, with nothing sent by the user.
+        async with run_server(engine, port=port):
+            resent = await client.next_frame(timeout=30)
+        assert client.reconnects == 1 and resent.seq > first.seq
+        assert resent.data == first.data
+
+        # Down again: what is typed now is only recorded, and must not be lost.
+        await client.wait_state("reconnecting", timeout=10)
+        seq = await client.send_prompt("a blue square on the right")
+        async with run_server(engine, port=port) as third_server:
             frame = await client.wait_for(seq, timeout=30)
-            # The same update, sent by hand on a fresh connection, draws the same picture:
-            # text, seed (the first session's), steps and size were all re-sent.
-            ws, _ = await connect(second_server.ws_url)
+            # The same update, sent by hand on a fresh connection, draws the same picture.
+            ws, _ = await connect(third_server.ws_url)
             update = {"type": "prompt", "seq": 1, "text": "a blue square on the right",
                       "seed": first.seed, "steps": 1, "width": 64, "height": 64}  # fmt: skip
             await ws.send(json.dumps(update))
@@ -112,7 +145,7 @@ async def test_after_a_restart_it_reconnects_and_resends_the_last_prompt(engine:
             await ws.close()
     finally:
         await client.close()
-    assert client.reconnects == 1
+    assert client.reconnects == 2
     assert frame.seq > seq and (frame.seed, frame.steps, frame.width) == (first.seed, 1, 64)
     assert frame.data == reference
 

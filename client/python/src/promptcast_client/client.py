@@ -140,7 +140,13 @@ class Client:
         ws, hello = await self._open()
         await self._adopt(ws, hello)
         self._supervisor = asyncio.create_task(self._run(ws), name="promptcast-client")
+        self._supervisor.add_done_callback(self._supervisor_done)
         return hello
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        # A bug in the supervisor must not leave readers waiting forever for frames.
+        if not task.cancelled() and task.exception() is not None and self._fatal is None:
+            self._fail(PromptcastError(f"the client's connection task failed: {task.exception()!r}"))
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting. Frame iteration ends."""
@@ -381,6 +387,9 @@ class Client:
                     f"the server speaks protocol {msg.get('protocol')!r}; "
                     f"this client speaks {PROTOCOL_VERSION}"
                 )
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"the server closed the connection before its hello ({exc})",
+                                 exc.rcvd.code if exc.rcvd else None) from exc  # fmt: skip
         except BaseException:
             await ws.close()
             raise
@@ -442,6 +451,7 @@ class Client:
                 log.info("the server closed the idle connection; reconnecting on the next send")
                 self._set_state("idle")
                 await self._wake.wait()
+                self._set_state("reconnecting")
             elif not self.reconnect:
                 self._fail(ConnectionLost(f"connection closed ({code} {reason})", code))
                 return
@@ -461,7 +471,7 @@ class Client:
             except (AuthError, ProtocolError) as exc:
                 self._fail(exc)
                 return None
-            except (OSError, asyncio.TimeoutError, ServerError, ConnectionClosed, InvalidHandshake) as exc:
+            except (OSError, asyncio.TimeoutError, ServerError, ConnectionLost) as exc:
                 log.debug("reconnect failed (%s); next try in %.2f s", exc, delay)
                 # Backoff, not synchronisation: nothing signals that the server is back.
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -476,31 +486,34 @@ class Client:
                 raw = await ws.recv()
                 if isinstance(raw, bytes):
                     raise ProtocolError("a binary message that no frame header announced")
-                msg = _decode(raw)
-                kind = msg.get("type")
-                if kind == "frame":
-                    data = await ws.recv()
-                    if not isinstance(data, bytes):
-                        raise ProtocolError("a frame header not followed by its image")
-                    frame = Frame.from_message(
-                        msg, data, time.monotonic(), self._sent_at.get(int(msg["seq"]))
-                    )
-                    self.last_frame = frame
-                    self._push(frame)
-                elif kind == "error":
-                    code = str(msg.get("code"))
-                    cls = ServerUnavailable if code in UNAVAILABLE_CODES else ServerError
-                    self._push(cls(code, str(msg.get("message", "")), msg.get("seq")))
-                elif kind == "unchanged":
-                    self._push(Unchanged(int(msg["seq"]), int(msg["same_as"])))
-                elif kind == "notice":
-                    log.info("notice: %s", msg.get("message"))
-                    self.notices.append(msg)
-                # Other types (video, webrtc_answer) do not concern a WebSocket-only client,
-                # and newer servers may add more.
+                await self._handle(ws, _decode(raw))
         except ConnectionClosed:
             pass
         return ws.close_code, ws.close_reason or ""
+
+    async def _handle(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
+        try:
+            kind = msg.get("type")
+            if kind == "frame":
+                data = await ws.recv()
+                if not isinstance(data, bytes):
+                    raise ProtocolError("a frame header not followed by its image")
+                frame = Frame.from_message(msg, data, time.monotonic(), self._sent_at.get(int(msg["seq"])))
+                self.last_frame = frame
+                self._push(frame)
+            elif kind == "error":
+                code = str(msg.get("code"))
+                cls = ServerUnavailable if code in UNAVAILABLE_CODES else ServerError
+                self._push(cls(code, str(msg.get("message", "")), msg.get("seq")))
+            elif kind == "unchanged":
+                self._push(Unchanged(int(msg["seq"]), int(msg["same_as"])))
+            elif kind == "notice":
+                log.info("notice: %s", msg.get("message"))
+                self.notices.append(msg)
+            # Other types (video, webrtc_answer) do not concern a WebSocket-only client,
+            # and newer servers may add more.
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a malformed {msg.get('type')!r} message: {exc!r}") from exc
 
     def _push(self, event: Event) -> None:
         if len(self._events) == self._events.maxlen:

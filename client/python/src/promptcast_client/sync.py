@@ -53,7 +53,11 @@ class SyncClient:
             self._loop.close()
 
     def __enter__(self) -> SyncClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # or the loop's thread would outlive the failed `with`
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

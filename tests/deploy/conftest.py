@@ -16,6 +16,8 @@ import pytest
 
 from promptcast.bench import free_port
 
+# The page's tests' Chromium fixture, for the scale-out test's clients.
+from ..browser.conftest import browser  # noqa: F401
 from ..e2e.conftest import ENV, promptcast, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]

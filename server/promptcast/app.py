@@ -18,6 +18,7 @@ from promptcast.core.access import presented_token, token_ok
 from promptcast.engine.pipeline import Engine
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.runtime import Runtime
+from promptcast.transport.mjpeg import mjpeg_endpoint
 from promptcast.transport.webrtc import parse_ice_server, use_ice_host_addresses
 from promptcast.transport.websocket import websocket_endpoint
 
@@ -67,6 +68,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_route),
+        Route("/stream.mjpg", mjpeg_endpoint),
         WebSocketRoute("/ws", websocket_endpoint),
     ]
     if WEB_DIR.is_dir():  # the page lives in the source tree (editable installs)

@@ -111,6 +111,9 @@ def _serve_parser(sub: Any) -> None:
     o.add("--max-webrtc-peers", "PROMPTCAST_MAX_WEBRTC_PEERS", 32,
           "WebRTC video peers at once (each holds a video encoder); past it, offers are refused "
           "and frames stay on the WebSocket", type=positive_int)
+    o.add("--max-mjpeg-viewers", "PROMPTCAST_MAX_MJPEG_VIEWERS", 16,
+          "viewers of /stream.mjpg (MJPEG over HTTP, for OBS, VJ tools and <img> tags) at once; "
+          "past it a new viewer gets 503", type=positive_int)
     o.add("--token", "PROMPTCAST_TOKEN", None,
           "require this bearer token on /ws (Authorization: Bearer, subprotocol bearer.TOKEN, or "
           "?token=); prefer the environment variable, which other users cannot see in ps")
@@ -185,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_messages_per_s=args.max_messages_per_s,
         message_burst=args.message_burst,
         max_webrtc_peers=args.max_webrtc_peers,
+        max_mjpeg_viewers=args.max_mjpeg_viewers,
         token=args.token or None,
         protect_metrics=args.protect_metrics,
         allowed_origins=tuple(args.allow_origin),
@@ -213,7 +217,7 @@ def uvicorn_config(app: Any, config: Config) -> Any:
         app, host=config.host, port=config.port, lifespan="on", log_level=config.log_level,
         # uvicorn has no timeout for a request head: without this, a client that never finishes
         # its request holds a connection for ever (slowloris).
-        http=http_protocol(config.header_timeout_s),
+        http=http_protocol(config.header_timeout_s, on_shutdown=lambda: _drain(app)),
         # uvicorn takes None for "off"; 0 would mean a ping timeout that fires at once.
         ws_ping_interval=config.ws_ping_interval_s or None,
         ws_ping_timeout=config.ws_ping_timeout_s or None,
@@ -227,6 +231,13 @@ def uvicorn_config(app: Any, config: Config) -> Any:
         # runtime then waits at most the other half for the render in flight.
         timeout_graceful_shutdown=math.ceil(config.shutdown_timeout_s / 2),
     )
+
+
+def _drain(app: Any) -> None:
+    """A graceful shutdown began: end MJPEG streams, refuse new sessions (see Runtime.drain)."""
+    runtime = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        runtime.drain()
 
 
 async def serve(config: Config) -> int:

@@ -39,6 +39,7 @@ class Config:
     max_messages_per_s: float = 50.0  # per connection; over it: rate_limited, then close 1008
     message_burst: int = 100
     max_webrtc_peers: int = 32  # video peer connections at once; past it, frames stay on /ws
+    max_mjpeg_viewers: int = 16  # /stream.mjpg viewers at once; past it, 503
     token: str | None = None  # bearer token required on /ws (and /metrics with protect_metrics)
     protect_metrics: bool = False  # /metrics needs the token too
     allowed_origins: tuple[str, ...] = ()  # (): only the server's own origin; "*": any

@@ -20,6 +20,7 @@ class Limits:
     max_messages_per_s: float = 50.0  # per connection, on average (token bucket)
     message_burst: int = 100  # messages a connection may send at once
     max_webrtc_peers: int = 32  # video peer connections the server holds at once
+    max_mjpeg_viewers: int = 16  # /stream.mjpg viewers the server serves at once
     # Connection liveness, reported so a client can plan around it (0: off). Sending anything
     # resets the idle timeout; pings are answered by any WebSocket library by itself.
     idle_timeout_s: float = 0.0  # no message for this long: the server closes with 1000
@@ -40,6 +41,7 @@ class Limits:
             "max_messages_per_s": self.max_messages_per_s,
             "message_burst": self.message_burst,
             "max_webrtc_peers": self.max_webrtc_peers,
+            "max_mjpeg_viewers": self.max_mjpeg_viewers,
             "idle_timeout_s": self.idle_timeout_s,
             "ping_interval_s": self.ping_interval_s,
             "ping_timeout_s": self.ping_timeout_s,

@@ -250,13 +250,17 @@ class Hello:
     limits: Limits
     server: str
     refine: Mapping[str, object] | None = None
+    channel: str | None = None  # the channel the session joined (/ws?channel=NAME), if any
 
     def to_json(self) -> dict[str, object]:
+        session: dict[str, object] = {"id": self.session_id, "seed": self.seed}
+        if self.channel is not None:
+            session["channel"] = self.channel
         return {
             "type": "hello",
             "protocol": PROTOCOL_VERSION,
             "server": self.server,
-            "session": {"id": self.session_id, "seed": self.seed},
+            "session": session,
             "model": {
                 **self.model,
                 "sizes": {

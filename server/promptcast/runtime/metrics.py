@@ -88,6 +88,8 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("promptcast_sessions", "Open sessions", value=_num(snap["sessions"]))
         yield GaugeMetricFamily("promptcast_webrtc_peers", "Sessions with a WebRTC peer connection",
                                 value=_num(snap["video_peers"]))
+        yield GaugeMetricFamily("promptcast_mjpeg_viewers", "Viewers of /stream.mjpg",
+                                value=_num(snap["mjpeg_viewers"]))
         yield GaugeMetricFamily(
             "promptcast_jobs_pending", "Sessions with a job waiting", value=_num(snap["pending"])
         )

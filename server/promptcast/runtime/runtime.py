@@ -44,6 +44,7 @@ from promptcast.core.session import (
     StartWebRTC,
     Submit,
 )
+from promptcast.core.viewers import Feed, FeedKey, Refusal, Viewer, Viewers
 from promptcast.engine.image import BadImage, encode_jpeg
 from promptcast.engine.pipeline import Engine, RenderCancelled, Rendered
 from promptcast.runtime.metrics import Metrics
@@ -127,6 +128,46 @@ class Connection:
             await self._wake.wait()
 
 
+class FeedViewer:
+    """One MJPEG viewer as the transport sees it: waits for the newest frame of its feed."""
+
+    def __init__(self, runtime: Runtime, viewer: Viewer[EncodedFrame]) -> None:
+        self._runtime = runtime
+        self._viewer = viewer
+        self._wake = asyncio.Event()
+        self._last: EncodedFrame | None = None
+
+    async def next_frame(self, repeat_after_s: float) -> EncodedFrame | None:
+        """The feed's newest frame, as soon as there is one this viewer has not had; the last
+        one again after `repeat_after_s` without a new one (so a viewer that vanished is found
+        out by the failed write, and a screen that joined late gets its picture); None once the
+        feed has ended (its session closed, or the server is shutting down)."""
+        while True:
+            self._wake.clear()
+            if self._viewer.feed.ended:
+                return None
+            frame = self._viewer.take()
+            if frame is not None:
+                self._last = frame
+                return frame
+            try:
+                await asyncio.wait_for(self._wake.wait(), repeat_after_s)
+            except TimeoutError:
+                if self._last is not None:
+                    return self._last
+
+    def close(self) -> None:
+        self._runtime.close_viewer(self)
+
+    # for the runtime
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def viewer(self) -> Viewer[EncodedFrame]:
+        return self._viewer
+
+
 class Runtime:
     def __init__(self, config: Config, engine: Engine, metrics: Metrics) -> None:
         self.config = config
@@ -135,6 +176,9 @@ class Runtime:
         self.scheduler = Scheduler()
         self.frame_drops: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
+        # MJPEG viewers: the policy (feeds, channels, cap) is core's; here, who to wake.
+        self.viewers: Viewers[EncodedFrame] = Viewers(config.max_mjpeg_viewers, self.frame_drops)
+        self._watching: dict[Feed[EncodedFrame], set[FeedViewer]] = {}
         self.ready = False
         self.limits: Limits | None = None  # set once the model is loaded
         self.failure: BaseException | None = None
@@ -182,6 +226,7 @@ class Runtime:
             max_messages_per_s=self.config.max_messages_per_s,
             message_burst=self.config.message_burst,
             max_webrtc_peers=self.config.max_webrtc_peers,
+            max_mjpeg_viewers=self.config.max_mjpeg_viewers,
             idle_timeout_s=max(0.0, self.config.idle_timeout_s),
             ping_interval_s=max(0.0, self.config.ws_ping_interval_s),
             ping_timeout_s=max(0.0, self.config.ws_ping_timeout_s),
@@ -219,7 +264,15 @@ class Runtime:
                 worst = lag
                 self.metrics.loop_lag_max.set(lag)
 
+    def drain(self) -> None:
+        """The server is shutting down: /readyz says so, no new session or viewer is admitted,
+        and every MJPEG stream ends now (an HTTP response that never ends would otherwise hold
+        the graceful shutdown for its whole timeout). Idempotent."""
+        self.draining = True
+        self._wake_feeds(self.viewers.drain())
+
     async def stop(self) -> None:
+        self.drain()
         self.ready = False
         self.metrics.ready.set(0)
         if self._lag_watch is not None:
@@ -251,8 +304,9 @@ class Runtime:
 
     # ------------------------------------------------------------ sessions
 
-    def open_session(self, peer: str = "") -> Connection:
-        """A session for a client connecting from address `peer`."""
+    def open_session(self, peer: str = "", channel: str | None = None) -> Connection:
+        """A session for a client connecting from address `peer`, its frames also shown on
+        channel `channel` (checked by the caller with core.viewers.channel_name_ok)."""
         if self.draining:
             raise ServerFull("the server is shutting down")
         if len(self.connections) >= self.config.max_sessions:
@@ -270,11 +324,12 @@ class Runtime:
                           refine=self.refine, opened_at=time.monotonic())
         conn = Connection(session, self.frame_drops, peer)
         self.connections[session_id] = conn
+        self.viewers.add_session(session_id, channel)
         self._watch_idle(conn)
         conn.send(
             Hello(session_id, session.seed, self.engine.model_info(), limits,
                   server=f"promptcast/{__version__}",
-                  refine=self.refine.to_json() if self.refine else None)
+                  refine=self.refine.to_json() if self.refine else None, channel=channel)
         )
         return conn
 
@@ -290,6 +345,32 @@ class Runtime:
         conn.frames.close()
         self.scheduler.remove_session(conn.session.id)
         self.connections.pop(conn.session.id, None)
+        self._wake_feeds(self.viewers.remove_session(conn.session.id))
+
+    # ------------------------------------------------------------ MJPEG viewers
+
+    def open_viewer(self, key: FeedKey) -> FeedViewer | Refusal:
+        """A viewer of a session's or channel's frames, or why not. The caller must close() it."""
+        viewer = self.viewers.open(key)
+        if isinstance(viewer, Refusal):
+            return viewer
+        fv = FeedViewer(self, viewer)
+        self._watching.setdefault(viewer.feed, set()).add(fv)
+        return fv
+
+    def close_viewer(self, fv: FeedViewer) -> None:
+        feed = fv.viewer.feed
+        self.viewers.close(fv.viewer)
+        watchers = self._watching.get(feed)
+        if watchers is not None:
+            watchers.discard(fv)
+            if not watchers:
+                del self._watching[feed]
+
+    def _wake_feeds(self, feeds: list[Feed[EncodedFrame]]) -> None:
+        for feed in feeds:
+            for fv in self._watching.get(feed, ()):
+                fv.wake()
 
     def on_text(self, conn: Connection, raw: str) -> None:
         self._perform(conn, conn.session.receive_text(raw, time.monotonic()))
@@ -499,10 +580,12 @@ class Runtime:
         for stage, ms in timings.items():
             self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
         video = conn.video
-        if video is not None and video.active:
-            # The video encoder takes the pixels; no JPEG. Metadata goes with the frame.
+        on_video = video is not None and video.active
+        if video is not None and on_video:
+            # The video encoder takes the pixels. Metadata goes with the frame.
             video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
-            return
+            if not self.viewers.wanted(job.session_id):
+                return  # no JPEG: nobody would see it
         t0 = time.monotonic()
         jpeg = await asyncio.to_thread(encode_jpeg, rendered.pixels, self.config.jpeg_quality)
         encode_s = time.monotonic() - t0
@@ -511,7 +594,11 @@ class Runtime:
         if conn.closed:
             self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
             return
-        conn.offer_frame(EncodedFrame(job.seq, job, jpeg, timings))
+        frame = EncodedFrame(job.seq, job, jpeg, timings)
+        # The same JPEG goes to MJPEG viewers: one reference per feed, never a copy or a queue.
+        self._wake_feeds(self.viewers.publish(job.session_id, frame))
+        if not on_video:
+            conn.offer_frame(frame)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task the runtime keeps a reference to until it ends."""
@@ -527,5 +614,6 @@ class Runtime:
             "prompt_cache_misses": self.engine.prompt_cache.misses,
             "sessions": len(self.connections),
             "video_peers": sum(c.video is not None for c in self.connections.values()),
+            "mjpeg_viewers": self.viewers.count,
             "pending": self.scheduler.pending,
         }

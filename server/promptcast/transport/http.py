@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -35,6 +36,9 @@ class HeaderTimeoutProtocol(H11Protocol):
     `http_protocol()`, which sets the timeout."""
 
     header_timeout_s: float = 10.0  # 0: no deadline
+    # Called when the server begins a graceful shutdown (SIGTERM, or should_exit), before it
+    # waits for responses in flight: endless ones (MJPEG streams) must be told to end.
+    on_shutdown: Callable[[], None] | None = None
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -50,6 +54,11 @@ class HeaderTimeoutProtocol(H11Protocol):
             self._arm_head_timer()
         else:
             self._cancel_head_timer()
+
+    def shutdown(self) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -95,12 +104,17 @@ class HeaderTimeoutProtocol(H11Protocol):
         self.transport.close()
 
 
-def http_protocol(header_timeout_s: float) -> type[HeaderTimeoutProtocol]:
+def http_protocol(
+    header_timeout_s: float, on_shutdown: Callable[[], None] | None = None
+) -> type[HeaderTimeoutProtocol]:
     """The protocol class to give uvicorn.Config(http=...): request heads must arrive within
-    `header_timeout_s` seconds (0: no limit)."""
+    `header_timeout_s` seconds (0: no limit); `on_shutdown` (idempotent) is called when a
+    graceful shutdown begins, once per open HTTP connection."""
 
     class Configured(HeaderTimeoutProtocol):
         pass
 
     Configured.header_timeout_s = max(0.0, header_timeout_s)
+    # staticmethod: a plain function stored on the class would otherwise be bound to `self`.
+    Configured.on_shutdown = staticmethod(on_shutdown) if on_shutdown else None
     return Configured

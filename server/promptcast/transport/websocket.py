@@ -11,12 +11,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from promptcast.core.access import SUBPROTOCOL, origin_ok, presented_token, token_ok
 from promptcast.core.messages import ErrorCode, ErrorMessage, serialise
 from promptcast.core.session import Close
+from promptcast.core.viewers import CHANNEL_NAME_RULE, channel_name_ok
 from promptcast.runtime.runtime import Connection, EncodedFrame, Runtime, ServerFull
 from promptcast.transport.webrtc import negotiate
 
 log = logging.getLogger(__name__)
 
 # RFC 6455 close codes.
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
@@ -33,11 +35,17 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await _deny(websocket, "no valid bearer token")
         return
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
+    # /ws?channel=NAME: this session's frames are also shown at /stream.mjpg?channel=NAME.
+    channel = websocket.query_params.get("channel")
+    if channel is not None and not channel_name_ok(channel):
+        await _refuse(websocket, ErrorCode.OUT_OF_RANGE,
+                      f"a channel name is {CHANNEL_NAME_RULE}", CLOSE_POLICY_VIOLATION)
+        return
     if not runtime.ready:
         await _refuse(websocket, ErrorCode.NOT_READY, "the model is still loading; retry shortly")
         return
     try:
-        conn = runtime.open_session(websocket.client.host if websocket.client else "")
+        conn = runtime.open_session(websocket.client.host if websocket.client else "", channel)
     except ServerFull as exc:
         await _refuse(websocket, ErrorCode.SERVER_FULL, str(exc))
         return
@@ -86,6 +94,8 @@ async def _deny(websocket: WebSocket, message: str) -> None:
     await websocket.close()
 
 
-async def _refuse(websocket: WebSocket, code: str, message: str) -> None:
+async def _refuse(
+    websocket: WebSocket, code: str, message: str, close_code: int = CLOSE_TRY_AGAIN_LATER
+) -> None:
     await websocket.send_text(serialise(ErrorMessage(code, message)))
-    await websocket.close(CLOSE_TRY_AGAIN_LATER, reason=message[:120])
+    await websocket.close(close_code, reason=message[:120])

@@ -56,7 +56,7 @@ class SessionState:
         return self.text is None and self.image is None
 
 
-Event = Frame | ServerError | Unchanged
+Incoming = Frame | ServerError | Unchanged  # what the reader buffers for the caller
 
 
 def image_format(data: bytes) -> str:
@@ -119,7 +119,7 @@ class Client:
         self._initial_seed: int | None = None
         self._seq = 0
         self._sent_at: OrderedDict[int, float] = OrderedDict()
-        self._events: deque[Event] = deque(maxlen=buffer)
+        self._events: deque[Incoming] = deque(maxlen=buffer)
         self._arrived = asyncio.Event()
         self._state_changed = asyncio.Event()
         self._wake = asyncio.Event()  # a send while idle or disconnected
@@ -404,8 +404,8 @@ class Client:
             self._ws = ws
             self._wake.clear()
             self._set_state("open")
-            if not self.session.empty:
-                self.reconnects += 1
+            if not self.session.empty:  # a reconnect, or sends made before connect()
+                self.reconnects += self._supervisor is not None
                 log.info("reconnected to %s; re-sending the session state", self.url)
                 await self._resend(ws)
 
@@ -515,7 +515,7 @@ class Client:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"a malformed {msg.get('type')!r} message: {exc!r}") from exc
 
-    def _push(self, event: Event) -> None:
+    def _push(self, event: Incoming) -> None:
         if len(self._events) == self._events.maxlen:
             self.dropped += 1
         self._events.append(event)
@@ -528,7 +528,7 @@ class Client:
         self._set_state("closed")
         self._arrived.set()
 
-    async def _next_event(self, deadline: float | None) -> Event:
+    async def _next_event(self, deadline: float | None) -> Incoming:
         while not self._events:
             self._raise_if_failed()
             self._arrived.clear()

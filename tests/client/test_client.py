@@ -74,6 +74,7 @@ async def test_a_server_error_code_is_a_typed_error_and_the_session_goes_on(serv
             await client.wait_for(bad)
         assert (info.value.code, info.value.seq) == ("out_of_range", bad)
         assert "100x100" in info.value.message
+        assert client.session.size is None  # the rejected size would not be re-sent on a reconnect
         good = await client.send_prompt("a circle", size=SIZE)
         assert (await client.wait_for(good)).seq == good
 

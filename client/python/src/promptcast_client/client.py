@@ -119,6 +119,7 @@ class Client:
         self._initial_seed: int | None = None
         self._seq = 0
         self._sent_at: OrderedDict[int, float] = OrderedDict()
+        self._undo: OrderedDict[int, dict[str, tuple[Any, Any]]] = OrderedDict()
         self._events: deque[Incoming] = deque(maxlen=buffer)
         self._arrived = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -206,18 +207,20 @@ class Client:
                 s.text = text
             elif s.text is None:
                 s.text = ""
-            message: dict[str, Any] = {"type": "prompt", "seq": self._next_seq(), "text": s.text}
+            seq = self._next_seq()
+            message: dict[str, Any] = {"type": "prompt", "seq": seq, "text": s.text}
+            settings = {"seed": seed, "steps": steps, "size": size, "strength": strength}
+            self._change(seq, **{k: v for k, v in settings.items() if v is not None})
             if seed is not None:
-                s.seed = message["seed"] = seed
+                message["seed"] = seed
             if steps is not None:
-                s.steps = message["steps"] = steps
+                message["steps"] = steps
             if size is not None:
-                s.size = size
                 message["width"], message["height"] = size
             if strength is not None:
-                s.strength = message["strength"] = strength
-            await self._send([json.dumps(message)], message["seq"])
-            return int(message["seq"])
+                message["strength"] = strength
+            await self._send([json.dumps(message)], seq)
+            return seq
 
     async def set_seed(self, seed: int) -> int:
         return await self.send_prompt(seed=seed)
@@ -236,10 +239,8 @@ class Client:
         fmt = format or image_format(data)
         async with self._send_lock:
             self._raise_if_failed()
-            self.session.image = (data, fmt)
-            if strength is not None:
-                self.session.strength = strength
             seq = self._next_seq()
+            self._change(seq, image=(data, fmt), **({} if strength is None else {"strength": strength}))
             await self._send(self._image_messages(seq, data, fmt, strength), seq)
             return seq
 
@@ -247,8 +248,8 @@ class Client:
         """Drop the init image: back to text-to-image."""
         async with self._send_lock:
             self._raise_if_failed()
-            self.session.image = None
             seq = self._next_seq()
+            self._change(seq, image=None)
             await self._send([json.dumps({"type": "image", "seq": seq, "clear": True})], seq)
             return seq
 
@@ -320,6 +321,24 @@ class Client:
         # and a frame after a reconnect still answers wait_for() on a seq sent before it.
         self._seq += 1
         return self._seq
+
+    def _change(self, seq: int, **settings: Any) -> None:
+        """Apply session settings, remembering the old values: if the server rejects update
+        `seq`, they are put back, so that a reconnect does not re-send a rejected setting."""
+        undo = {name: (getattr(self.session, name), value) for name, value in settings.items()}
+        for name, value in settings.items():
+            setattr(self.session, name, value)
+        self._undo[seq] = undo
+        while len(self._undo) > SENT_TIMES_KEPT:
+            self._undo.popitem(last=False)
+
+    def _rejected(self, seq: Any, code: str) -> None:
+        # engine_error: the update was taken (only its rendering failed); rate_limited has no
+        # seq. Every other error with a seq means the server did not apply that message.
+        undo = self._undo.pop(seq, None) if isinstance(seq, int) and code != "engine_error" else None
+        for name, (old, new) in (undo or {}).items():
+            if getattr(self.session, name) == new:  # unless a later update changed it again
+                setattr(self.session, name, old)
 
     def _raise_if_failed(self) -> None:
         if self._fatal is not None:
@@ -504,6 +523,7 @@ class Client:
             elif kind == "error":
                 code = str(msg.get("code"))
                 cls = ServerUnavailable if code in UNAVAILABLE_CODES else ServerError
+                self._rejected(msg.get("seq"), code)
                 self._push(cls(code, str(msg.get("message", "")), msg.get("seq")))
             elif kind == "unchanged":
                 self._push(Unchanged(int(msg["seq"]), int(msg["same_as"])))

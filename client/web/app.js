@@ -7,7 +7,16 @@ import { VideoSeq } from "./videoseq.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+// /?kiosk: an installation's screen. The picture fills the window with only the prompt field
+// under it, and the link never rests: it reconnects even after an idle timeout, since nobody
+// may be there to type the keystroke that would wake it.
+const kiosk = params.has("kiosk");
+if (kiosk) document.body.classList.add("kiosk");
+// /?channel=NAME: this page's frames are also shown at /stream.mjpg?channel=NAME (a projector,
+// OBS), the URL an installation can fix in advance.
+const channel = params.get("channel");
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws` +
+  (channel ? `?channel=${encodeURIComponent(channel)}` : "");
 
 const state = {
   seq: 0,
@@ -44,6 +53,7 @@ const conn = new Connection(wsUrl, {
   // A server started with a token is opened as /?token=...; the socket carries it as a
   // subprotocol, so it stays out of the server's request logs.
   token: params.get("token"),
+  stayConnected: kiosk,
 });
 
 function hello(msg) {

@@ -5,6 +5,7 @@
 // A normal closure (1000) is the server's idle timeout: nothing is wrong, so the link does not
 // reconnect by itself (a page left open would otherwise hold a session for ever, in a loop of
 // reconnects and idle closes). It goes "idle" and reconnects when there is something to send.
+// Unless `stayConnected` (kiosk mode): an installation's screen must come back by itself.
 
 const WEBRTC_TIMEOUT_MS = 5000; // no video by then (UDP blocked, strict NAT): use WebSocket frames
 const RECONNECT_MIN_MS = 300;
@@ -12,7 +13,7 @@ const RECONNECT_MAX_MS = 5000;
 const CLOSE_IDLE = 1000; // the server's idle timeout (normal closure)
 
 export class Connection {
-  constructor(url, handlers, { webrtc = true, token = null } = {}) {
+  constructor(url, handlers, { webrtc = true, token = null, stayConnected = false } = {}) {
     this.url = url;
     this.protocols = token ? ["promptcast", `bearer.${token}`] : ["promptcast"];
     this.on = handlers; // {state, hello, message, jpeg, video, transport, error}
@@ -22,6 +23,7 @@ export class Connection {
     this.pendingHeader = null; // a frame header waiting for its binary JPEG
     this.retryMs = RECONNECT_MIN_MS;
     this.idle = false; // closed by the server's idle timeout: reopen on the next send
+    this.stayConnected = stayConnected; // reopen even after an idle timeout
     this.open();
   }
 
@@ -35,7 +37,7 @@ export class Connection {
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.pendingHeader = null;
-      if (event.code === CLOSE_IDLE) {
+      if (event.code === CLOSE_IDLE && !this.stayConnected) {
         this.idle = true;
         this.on.state("idle"); // before the video closes, so the page can keep its last picture
         this.closeVideo();

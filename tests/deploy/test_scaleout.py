@@ -142,15 +142,9 @@ async def test_pages_spread_over_workers_and_fail_over_keeping_their_prompt(
     # And the session goes on there.
     final = await type_and_wait(page, "a green star")
     assert await page.evaluate("window.promptcast.shownSeq") == final
-
-
-def test_haproxy_routes_only_to_ready_workers(workers: list[Worker], haproxy: int) -> None:
-    # Health checks on /readyz: once a worker is stopped, every new connection goes to the
-    # other one, including plain HTTP (the page itself).
-    workers[1].proc.send_signal(signal.SIGTERM)
-    workers[1].proc.wait(timeout=20)
+    # Every new connection, plain HTTP too (the page itself), goes to the live worker.
     for _ in range(5):
-        status, body = get(f"http://127.0.0.1:{haproxy}/readyz")
+        status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{haproxy}/readyz")
         assert status == 200 and json.loads(body)["status"] == "ready"
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from promptcast_client import Client
 from promptcast_client.osc import Bridge
 from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import AsyncIOOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
@@ -33,13 +35,19 @@ async def test_osc_prompt_seed_and_image_come_back_as_frame_notifications(
         forwarder = asyncio.create_task(bridge.run())
         controller = SimpleUDPClient(host, port)
         try:
-            controller.send_message("/size", [64, 64])
-            controller.send_message("/seed", 1234)
-            controller.send_message("/prompt", "a purple circle")
+            # One bundle: one update, so the first /frame shows all three.
+            bundle = OscBundleBuilder(IMMEDIATELY)
+            for address, value in (("/size", [64, 64]), ("/seed", [1234]), ("/prompt", ["a purple circle"])):
+                message = OscMessageBuilder(address)
+                for arg in value:
+                    message.add_arg(arg)
+                bundle.add_content(message.build())
+            controller.send(bundle.build())
             address, (seq, latency, path, width, height) = await asyncio.wait_for(received.get(), 30)
             assert address == "/frame" and (width, height) == (64, 64) and latency > 0
             assert Path(path).read_bytes()[:3] == b"\xff\xd8\xff"
             assert client.last_frame is not None and client.last_frame.seed == 1234
+            assert client.last_frame.seq == seq and client.session.text == "a purple circle"
 
             controller.send_message("/image", png())
             address, (image_seq, *_rest) = await asyncio.wait_for(received.get(), 30)

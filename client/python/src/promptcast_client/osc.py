@@ -24,7 +24,8 @@ Out (UDP, to `--target`):
 the frame was saved, "" without `--out`.
 
 OSC senders often send a value on every slider tick: updates are latest-wins, like the server's.
-Messages that arrive while one update is being sent are merged into the next.
+Messages that arrive while one update is being sent are merged into the next, and the messages of
+one OSC bundle always make one update. Bundle timetags are ignored: everything applies at once.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class Bridge:
         self._pump: asyncio.Task[None] | None = None
 
     def dispatcher(self) -> Dispatcher:
-        d = Dispatcher()
+        # strict_timing=False: python-osc would otherwise sleep, on the event loop, until a
+        # bundle's future timetag; the bridge renders what it gets at once.
+        d = Dispatcher(strict_timing=False)
         d.map("/prompt", self._on_prompt)
         d.map("/seed", self._on_int, "seed")
         d.map("/steps", self._on_int, "steps")

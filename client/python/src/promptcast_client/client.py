@@ -445,6 +445,10 @@ class Client:
             prompt["width"], prompt["height"] = s.size
         if s.strength is not None:
             prompt["strength"] = s.strength
+        # If this server rejects a setting (it may allow other sizes than the last one did),
+        # drop it, so the next update falls back to the server's default.
+        settings = {"seed": s.seed, "steps": s.steps, "size": s.size, "strength": s.strength}
+        self._undo[seq] = {name: (None, value) for name, value in settings.items() if value is not None}
         messages: list[str | bytes] = [json.dumps(prompt)]
         if s.image is not None:
             seq = self._next_seq()

@@ -348,6 +348,24 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _osc_parser(sub: Any) -> None:
+    # The bridge is a client of the server, so it lives in the client SDK (client/python); this
+    # command only makes it reachable by the name installations look for.
+    # main() hands its arguments over untouched (argparse would take --help for itself).
+    sub.add_parser("osc", add_help=False, help="bridge OSC to a running server "
+                   "(promptcast-client osc; `promptcast osc --help` lists its options)")
+
+
+def cmd_osc(argv: list[str]) -> int:
+    try:
+        from promptcast_client.osc import main as osc_main
+    except ImportError as exc:
+        print(f"promptcast osc: needs the Python client with its OSC extra ({exc}): "
+              "pip install 'client/python[osc]' (from a clone of promptcast)", file=sys.stderr)
+        return 2
+    return osc_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from promptcast import bench
 
@@ -362,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _download_parser(sub)
+    _osc_parser(sub)
     bench.add_parser(sub)
     return parser
 
@@ -375,6 +394,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> None:
     from promptcast import bench
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["osc"]:
+        sys.exit(cmd_osc(argv[1:]))
     args = build_parser().parse_args(argv)
     handler = COMMANDS.get(args.command) or bench.run_from_args
     sys.exit(handler(args))

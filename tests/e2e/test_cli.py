@@ -111,3 +111,11 @@ def test_bench_against_a_server_it_starts(tmp_path: Path) -> None:
     assert report["last_keystroke_shown"] is True
     assert report["keystroke_to_picture_ms"]["p50"] > 0
     assert "keystroke-to-picture ms: p50" in out
+
+
+def test_osc_is_the_client_bridge_under_the_server_command() -> None:
+    # `promptcast osc` hands every argument to promptcast-client's bridge, --help included.
+    proc = promptcast("osc", "--help")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "/prompt s" in out and "--listen" in out and "--target" in out

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import configparser
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+from .conftest import need
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "deploy" / "systemd"
 UNIT = HERE / "promptcast.service"
 ENV_EXAMPLE = HERE / "env.example"
 
@@ -78,9 +79,7 @@ def test_env_example_names_only_real_options() -> None:
 
 
 def test_systemd_analyze_verify_finds_nothing_wrong(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    analyze = need("systemd-analyze", "apt-get install systemd")
     # verify also checks that ExecStart exists: point it at this checkout's promptcast.
     exe = Path(sys.executable).with_name("promptcast")
     if not exe.exists():

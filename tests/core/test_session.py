@@ -159,7 +159,7 @@ def test_refine_is_owed_once_after_the_frame_and_the_idle_time() -> None:
     [action] = s.receive_text(prompt(1, "a cat"), 10.0)
     assert isinstance(action, Submit)
     assert s.refine_due_at() is None  # no frame yet: a refine would only delay it
-    s.frame_rendered(action.job)
+    s.frame_rendered(action.job, 0.0)
     assert s.refine_due_at() == 10.3
     assert s.refine_job(10.2) is None
     job = s.refine_job(10.3)
@@ -172,13 +172,13 @@ def test_a_new_update_postpones_the_refine_to_its_own_frame() -> None:
     s = Session("s", LIMITS, seed=1, refine=POLICY)
     [first] = s.receive_text(prompt(1, "a cat"), 10.0)
     assert isinstance(first, Submit)
-    s.frame_rendered(first.job)
+    s.frame_rendered(first.job, 0.0)
     s.receive_text(prompt(2, "a cat!"), 10.2)
     assert s.refine_job(10.35) is None and s.refine_due_at() is None
     # An unchanged update is still typing: it moves the idle clock too.
     [second] = s.receive_text(prompt(3, "a dog"), 10.4)
     assert isinstance(second, Submit)
-    s.frame_rendered(second.job)
+    s.frame_rendered(second.job, 0.0)
     s.receive_text(prompt(4, "a dog"), 10.5)
     assert s.refine_due_at() == 10.8
 
@@ -188,7 +188,7 @@ def test_no_refine_when_it_would_not_improve_anything() -> None:
     s = Session("s", LIMITS, seed=1, refine=same)
     [action] = s.receive_text(prompt(1, "a cat"), 0)
     assert isinstance(action, Submit)
-    s.frame_rendered(action.job)
+    s.frame_rendered(action.job, 0.0)
     assert s.refine_job(1.0) is None
     assert Session("t", LIMITS, seed=1).refine_due_at() is None  # refining off
 
@@ -197,12 +197,12 @@ def test_refine_never_uses_fewer_steps_than_the_session_asked_for() -> None:
     s = Session("s", LIMITS, seed=1, refine=POLICY)  # refines at 4 steps
     [action] = s.receive_text(prompt(1, "a cat", steps=3), 0)
     assert isinstance(action, Submit)
-    s.frame_rendered(action.job)
+    s.frame_rendered(action.job, 0.0)
     job = s.refine_job(1.0)
     assert job is not None and job.request.steps == 4
     [action] = s.receive_text(prompt(2, "a cat", steps=4), 2.0)
     assert isinstance(action, Submit)
-    s.frame_rendered(action.job)
+    s.frame_rendered(action.job, 0.0)
     assert s.refine_job(3.0) is None  # already at 4: nothing to improve
 
 
@@ -232,16 +232,38 @@ def test_idle_timeout_counts_from_the_last_message_of_any_kind() -> None:
     from promptcast.core.session import CLOSE_NORMAL, IDLE_REASON, Close
 
     s = Session("s", replace(LIMITS, idle_timeout_s=60.0), seed=1, opened_at=100.0)
-    assert s.idle_due_at() == 160.0  # a client that never sends anything
+    assert s.idle_due_at(100.0) == 160.0  # a client that never sends anything
     assert s.idle_close(159.9) is None
-    s.receive_text(prompt(1, "a"), 130.0)
+    [submit] = s.receive_text(prompt(1, "a"), 130.0)
+    assert isinstance(submit, Submit)
+    s.frame_rendered(submit.job, 131.0)
     s.receive_text("not json", 150.0)  # refused, but the client is there
     s.receive_binary(b"\x00", 155.0)  # likewise
-    assert s.idle_due_at() == 215.0
+    assert s.idle_due_at(155.0) == 215.0
     assert s.idle_close(214.0) is None
     assert s.idle_close(215.0) == Close(CLOSE_NORMAL, IDLE_REASON) == Close(1000, "idle timeout")
 
 
+def test_a_session_owed_a_picture_is_not_idle() -> None:
+    # A render slower than the timeout (a loaded server) must not cost the last keystroke's
+    # picture: the clock starts when that picture exists.
+    from dataclasses import replace
+
+    s = Session("s", replace(LIMITS, idle_timeout_s=1.0), seed=1, opened_at=0.0)
+    [submit] = s.receive_text(prompt(1, "a red fox"), 10.0)
+    assert isinstance(submit, Submit)
+    assert s.idle_close(11.0) is None and s.idle_close(30.0) is None
+    assert s.idle_due_at(30.0) == 31.0  # still owed: look again a timeout later
+    s.frame_rendered(submit.job, 40.0)
+    assert s.idle_due_at(40.0) == 41.0
+    assert s.idle_close(40.9) is None and s.idle_close(41.0) is not None
+    # A failed render owes nothing more: the clock runs from the last message again.
+    [retry] = s.receive_text(prompt(2, "a red fox!"), 50.0)
+    assert isinstance(retry, Submit)
+    s.render_failed(retry.job)
+    assert s.idle_due_at(52.0) == 51.0
+
+
 def test_no_idle_timeout_when_it_is_off() -> None:
     s = Session("s", LIMITS, seed=1, opened_at=0.0)  # Limits' default: 0, off
-    assert s.idle_due_at() is None and s.idle_close(1e9) is None
+    assert s.idle_due_at(0.0) is None and s.idle_close(1e9) is None

@@ -103,6 +103,7 @@ class Session:
         self._target_rendered = False  # the target's first frame exists: refining may start
         self._refined_seq = -1  # the seq last refined (or tried): one refine per update
         self._heard_at = opened_at  # the last message of any kind (or the opening): idle timeout
+        self._answered_at = opened_at  # when the newest update's picture was rendered
 
     def _over_rate(self, now: float) -> list[Action] | None:
         """None when the message may be handled; else what to do instead of handling it."""
@@ -216,9 +217,10 @@ class Session:
         if self._target is job:
             self._target = None
 
-    def frame_rendered(self, job: Job) -> None:
+    def frame_rendered(self, job: Job, now: float) -> None:
         if self._target is job:
             self._target_rendered = True
+            self._answered_at = now
 
     def refine_due_at(self) -> float | None:
         """When a refine of the current picture may start (caller's clock), if one is owed."""
@@ -244,16 +246,22 @@ class Session:
 
     # ------------------------------------------------------------ idle timeout
 
-    def idle_due_at(self) -> float | None:
+    def idle_due_at(self, now: float) -> float | None:
         """When the session counts as idle (caller's clock), or None with no idle timeout.
-        Any message counts as activity, even one that is refused: the client is there."""
-        if self.limits.idle_timeout_s <= 0:
+        Any message counts as activity, even one that is refused: the client is there. So does
+        a picture still owed for its newest update: on a loaded server a render can outlast a
+        short timeout, and closing then would lose the picture of the last keystroke. The
+        clock runs from that picture instead (if owed now, check again a timeout later)."""
+        timeout = self.limits.idle_timeout_s
+        if timeout <= 0:
             return None
-        return self._heard_at + self.limits.idle_timeout_s
+        if self._target is not None and not self._target_rendered:
+            return now + timeout
+        return max(self._heard_at, self._answered_at) + timeout
 
     def idle_close(self, now: float) -> Close | None:
         """The close to send if the session has been idle long enough by `now`, else None."""
-        due = self.idle_due_at()
+        due = self.idle_due_at(now)
         if due is None or now < due:
             return None
         return Close(CLOSE_NORMAL, IDLE_REASON)

@@ -465,7 +465,7 @@ class Runtime:
                 self.metrics.rendered.inc()
                 conn = self.connections.get(job.session_id)
                 if conn is not None and not job.refined:
-                    conn.session.frame_rendered(job)
+                    conn.session.frame_rendered(job, time.monotonic())
                     self._schedule_refine(conn)
                     self._notice_truncation(conn, job, rendered.prompt_truncated)
                 self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
@@ -551,9 +551,10 @@ class Runtime:
             log.info("session %s: closing: %s", conn.session.id, close.reason)
             conn.request_close(close)
             return
-        due = conn.session.idle_due_at()
+        now = time.monotonic()
+        due = conn.session.idle_due_at(now)
         if due is not None:
-            delay = max(0.0, due - time.monotonic())
+            delay = max(0.0, due - now)
             conn.idle_timer = asyncio.get_running_loop().call_later(delay, self._watch_idle, conn)
 
     def _render_failed(self, job: Job, exc: Exception) -> None:

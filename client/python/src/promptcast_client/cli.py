@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         return osc_main(args_list[1:])
     args = build_parser().parse_args(args_list)
     command = watch if args.command == "watch" else type_lines
+    return run_to_exit(command(args), "promptcast-client")
+
+
+def run_to_exit(coro: Coroutine[Any, Any, int], prog: str) -> int:
+    """Run a command's coroutine to its exit status: Ctrl-C is a normal end, and a client or
+    network error is one line on stderr (status 1), not a traceback."""
     try:
-        return asyncio.run(command(args))
+        return asyncio.run(coro)
     except KeyboardInterrupt:
         return 0
     except (PromptcastError, OSError) as exc:
-        print(f"promptcast-client: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
 
 

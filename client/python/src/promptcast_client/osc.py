@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import AsyncIOOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
+from .cli import run_to_exit
 from .client import Client, image_format
 from .errors import PromptcastError, ServerError
 
@@ -224,10 +224,4 @@ def main(argv: list[str] | None = None) -> int:
     """`promptcast-client osc ...` (and `promptcast osc ...`). Returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        return 0
-    except (PromptcastError, OSError) as exc:
-        print(f"promptcast-client osc: {exc}", file=sys.stderr)
-        return 1
+    return run_to_exit(serve(args), "promptcast-client osc")

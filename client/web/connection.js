@@ -21,6 +21,7 @@ export class Connection {
     this.ws = null;
     this.pc = null;
     this.pendingHeader = null; // a frame header waiting for its binary JPEG
+    this.iceServers = []; // from hello
     this.retryMs = RECONNECT_MIN_MS;
     this.idle = false; // closed by the server's idle timeout: reopen on the next send
     this.stayConnected = stayConnected; // reopen even after an idle timeout
@@ -71,6 +72,7 @@ export class Connection {
     switch (msg.type) {
       case "hello":
         this.retryMs = RECONNECT_MIN_MS;
+        this.iceServers = msg.webrtc?.ice_servers ?? [];
         this.on.state("connected");
         this.on.hello(msg);
         if (this.useWebRTC) this.startVideo();
@@ -103,9 +105,10 @@ export class Connection {
   async startVideo() {
     this.closeVideo();
     this.on.video.start(); // a new stream: its frames' metadata starts afresh
-    // No STUN/TURN from the page: the server's candidates are all it needs on a LAN or
-    // loopback; a deployment behind NAT configures TURN on the server.
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    // The server's STUN/TURN servers (its --ice-server), none by default: on a LAN or loopback
+    // the server's candidates are all it needs. Behind NAT the page must learn its public
+    // address too (STUN), or the server's TURN relay would not forward from it.
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
     const channel = pc.createDataChannel("frames");
     channel.onmessage = (event) => this.on.video.meta(JSON.parse(event.data));

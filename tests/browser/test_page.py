@@ -144,3 +144,23 @@ async def test_an_idle_close_keeps_the_video_picture_on_the_canvas(engine: Engin
         pixel = await page.evaluate("Array.from(canvas.getContext('2d').getImageData("
                                     "canvas.width >> 1, canvas.height >> 1, 1, 1).data)")
         assert pixel[3] == 255 and sum(pixel[:3]) > 0
+
+
+RECORD_PEER_CONFIGS = """
+window.peerConfigs = [];
+const Native = window.RTCPeerConnection;
+window.RTCPeerConnection = function (config) {
+  window.peerConfigs.push(JSON.parse(JSON.stringify(config)));
+  return new Native(config);
+};
+"""
+
+
+@needs_netns
+async def test_the_page_uses_the_servers_ice_servers(engine: Engine, browser: Any) -> None:
+    # Behind NAT the page needs the same STUN/TURN servers as the server (hello carries them).
+    stun = f"stun:127.0.0.1:{free_port()}"  # nothing listens: only the configuration matters
+    async with run_server(engine, ice_servers=(stun,), ice_hosts=("127.0.0.1",)) as srv:
+        page = await open_page(browser, srv.http_url + "/", init_script=RECORD_PEER_CONFIGS)
+        await page.wait_for_function("window.peerConfigs.length > 0", timeout=20000)
+        assert await page.evaluate("window.peerConfigs[0].iceServers") == [{"urls": stun}]

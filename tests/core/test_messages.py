@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from promptcast.core.ice import parse_ice_server
 from promptcast.core.limits import Limits
 from promptcast.core.messages import (
     ErrorCode,
@@ -102,9 +103,22 @@ def test_server_messages_serialise() -> None:
                                        "allowed": [[64, 64], [128, 128], [256, 128]]}
     assert hello["model"]["steps"] == {"default": 2, "allowed": [1, 2, 3, 4]}
     assert hello["limits"]["max_message_bytes"] == 512
+    assert hello["webrtc"] == {"ice_servers": []}
     frame = json.loads(serialise(FrameHeader(3, 64, 64, 1, 2, "jpeg", {"total_ms": 1.23456})))
     assert frame == {"type": "frame", "seq": 3, "width": 64, "height": 64, "seed": 1, "steps": 2,
                      "format": "jpeg", "refined": False, "timings": {"total_ms": 1.235}}
+
+
+def test_ice_server_urls_become_browser_ice_servers() -> None:
+    turn = parse_ice_server("turn:user:pa:ss@turn.example.org:3478?transport=udp")
+    assert turn.to_json() == {"urls": "turn:turn.example.org:3478?transport=udp",
+                              "username": "user", "credential": "pa:ss"}
+    assert parse_ice_server("stun:127.0.0.1:3478").to_json() == {"urls": "stun:127.0.0.1:3478"}
+    for bad in ("http://x", "turn:", "127.0.0.1:3478"):
+        with pytest.raises(ValueError):
+            parse_ice_server(bad)
+    hello = Hello("s1", 5, {}, LIMITS, "promptcast/x", ice_servers=(turn.to_json(),)).to_json()
+    assert hello["webrtc"] == {"ice_servers": [turn.to_json()]}
 
 
 def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:

@@ -251,6 +251,7 @@ class Hello:
     server: str
     refine: Mapping[str, object] | None = None
     channel: str | None = None  # the channel the session joined (/ws?channel=NAME), if any
+    ice_servers: tuple[Mapping[str, str], ...] = ()  # for the client's peer connection
 
     def to_json(self) -> dict[str, object]:
         session: dict[str, object] = {"id": self.session_id, "seed": self.seed}
@@ -271,6 +272,7 @@ class Hello:
             },
             "limits": self.limits.to_json(),
             "refine": self.refine,
+            "webrtc": {"ice_servers": [dict(s) for s in self.ice_servers]},
         }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from promptcast import __version__
 from promptcast.config import Config
+from promptcast.core.ice import parse_ice_server
 from promptcast.core.limits import SEED_MAX, Limits
 from promptcast.core.messages import (
     ErrorCode,
@@ -177,6 +178,8 @@ class Runtime:
         self.frame_drops: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         # MJPEG viewers: the policy (feeds, channels, cap) is core's; here, who to wake.
+        # Checked by the CLI; clients get the same STUN/TURN servers as the server's peers.
+        self.ice_servers = tuple(parse_ice_server(url).to_json() for url in config.ice_servers)
         self.viewers: Viewers[EncodedFrame] = Viewers(config.max_mjpeg_viewers, self.frame_drops)
         self._watching: dict[Feed[EncodedFrame], set[FeedViewer]] = {}
         self.ready = False
@@ -329,7 +332,8 @@ class Runtime:
         conn.send(
             Hello(session_id, session.seed, self.engine.model_info(), limits,
                   server=f"promptcast/{__version__}",
-                  refine=self.refine.to_json() if self.refine else None, channel=channel)
+                  refine=self.refine.to_json() if self.refine else None, channel=channel,
+                  ice_servers=self.ice_servers)
         )
         return conn
 

@@ -27,6 +27,7 @@ from aiortc import (
 )
 from av import VideoFrame
 
+from promptcast.core import ice as core_ice
 from promptcast.core.messages import ErrorCode, ErrorMessage, VideoState, WebRTCAnswer
 from promptcast.runtime.runtime import Connection
 
@@ -44,15 +45,10 @@ CONNECT_TIMEOUT_S = 10.0  # a peer that has not connected by then is closed
 
 
 def parse_ice_server(url: str) -> RTCIceServer:
-    """`stun:host:port` or `turn:user:password@host:port?transport=udp` as an RTCIceServer."""
-    scheme, _, rest = url.partition(":")
-    if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
-        raise ValueError(f"{url!r} is not a stun:/turn: URL")
-    username = credential = None
-    if "@" in rest:
-        userinfo, rest = rest.rsplit("@", 1)
-        username, _, credential = userinfo.partition(":")
-    return RTCIceServer(urls=f"{scheme}:{rest}", username=username, credential=credential)
+    """`stun:host:port` or `turn:user:password@host:port?transport=udp` as aiortc's
+    RTCIceServer (core.ice parses it). Raises ValueError."""
+    server = core_ice.parse_ice_server(url)
+    return RTCIceServer(urls=server.urls, username=server.username, credential=server.credential)
 
 
 def use_ice_host_addresses(addresses: Sequence[str]) -> None:

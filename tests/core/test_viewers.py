@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from promptcast.core.outbox import FrameDropReason
 from promptcast.core.viewers import (
-    VIEWER_SKIPPED,
     Kind,
     Refusal,
     Viewer,
@@ -50,11 +50,11 @@ def test_a_slow_viewer_gets_the_newest_frame_and_the_rest_are_counted_as_skipped
     for seq in range(2, 7):  # the viewer was busy writing frame 1 meanwhile
         v.publish("s", Frame(seq))
     assert viewer.take() == Frame(6)
-    assert dropped[VIEWER_SKIPPED] == 4
+    assert dropped[FrameDropReason.VIEWER_SKIPPED] == 4
     # A second viewer's pace is its own.
     other = opened(v, Kind.SESSION, "s")
     assert other.take() == Frame(6)  # the current picture, at once, and nothing counted
-    assert dropped[VIEWER_SKIPPED] == 4
+    assert dropped[FrameDropReason.VIEWER_SKIPPED] == 4
 
 
 def test_a_frame_older_than_one_published_is_dropped() -> None:

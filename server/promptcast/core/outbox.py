@@ -31,6 +31,7 @@ class FrameDropReason:
     SUPERSEDED = "superseded_unsent"  # a newer frame arrived before this one was sent
     STALE = "stale"  # older than a frame already sent (finished out of order)
     SESSION_CLOSED = "session_closed"
+    VIEWER_SKIPPED = "viewer_skipped"  # an MJPEG viewer never got it: it was still sending
 
 
 class FrameSlot(Generic[F]):

@@ -29,8 +29,6 @@ F = TypeVar("F", bound=HasSeq)
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 CHANNEL_NAME_RULE = "1-64 letters, digits, '-', '_', '.' or '~'"
 
-VIEWER_SKIPPED = "viewer_skipped"  # a frame an MJPEG viewer never got: it was still sending
-
 
 def channel_name_ok(name: str) -> bool:
     return CHANNEL_NAME.fullmatch(name) is not None
@@ -76,7 +74,7 @@ class Viewer(Generic[F]):
             return None
         skipped = feed.version - self.seen - 1
         if skipped:
-            self._dropped[VIEWER_SKIPPED] += skipped
+            self._dropped[FrameDropReason.VIEWER_SKIPPED] += skipped
         self.seen = feed.version
         return feed.latest
 

@@ -584,9 +584,9 @@ class Runtime:
         timings = {"queue_ms": queue_s * 1e3, **rendered.timings}
         for stage, ms in timings.items():
             self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
-        video = conn.video
-        on_video = video is not None and video.active
-        if video is not None and on_video:
+        video = conn.video if conn.video is not None and conn.video.active else None
+        on_video = video is not None
+        if video is not None:
             # The video encoder takes the pixels. Metadata goes with the frame.
             video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
             if not self.viewers.wanted(job.session_id):

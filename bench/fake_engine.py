@@ -46,8 +46,10 @@ class FixedTimeEngine:
         return 2
 
     def render_batch(
-        self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None
+        self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None,
+        jpeg: Sequence[bool] = (),
     ) -> list[Rendered]:
+        """Never encodes JPEGs (the server's worker threads do), like the engine on a CPU."""
         time.sleep(self.step_s * reqs[0].steps)  # one batch costs the same at any size, as on a GPU
         if any(FAULT in r.text for r in reqs):
             self.faults += 1
@@ -58,7 +60,7 @@ class FixedTimeEngine:
     def recover(self, exc: BaseException) -> None:
         pass
 
-    def render(self, req: RenderRequest, cancelled: Any = None) -> Rendered:
+    def render(self, req: RenderRequest, cancelled: Any = None, jpeg: bool = False) -> Rendered:
         return self.render_batch([req], cancelled)[0]
 
     @staticmethod

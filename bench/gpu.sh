@@ -8,9 +8,9 @@
 #   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=560)
 # It prints one table per run and a summary last; the JSON reports land in $OUT.
 #
-# Order matters: the first compiled sd21 run compiles cold (inductor, then CUDA-graph capture);
-# the last starts from the compile cache it filled, so their warm-up times are the cold and the
-# warm start.
+# Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed and the
+# most important come first: the default tuning with a kernel profile, the same with tuning off
+# (the side-by-side ratio), SDXL, then max-autotune if time is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/promptcast-gpu}
 mkdir -p "$OUT"
@@ -32,14 +32,22 @@ bench() {  # name, seconds allowed, then promptcast bench arguments
     | grep -v -e '^Loading' -e 'it/s]' | tee -a "$OUT/log.txt"
   echo "== $name: exit ${PIPESTATUS[0]} after $SECONDS s in all"
 }
-# The device budget is 15 minutes a session, start included: one call of at most 9 minutes,
-# most important first, each run time-boxed so a slow compile cannot take the rest with it.
-# SD-Turbo (SD 2.1) 512 px, 1 step: eager against stock diffusers (the baseline, quick) ...
-bench sd21-1step-eager 60 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile eager
-# ... compiled with CUDA graphs, cold (inductor, then capture per batch size) ...
-bench sd21-1step-cold 150 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --no-stock
-# SDXL 1024 px, 1 step, compiled, against stock diffusers.
-bench sdxl-1step 190 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs
-# ... and SD-Turbo 2 steps from the compile cache the cold run filled: the warm start.
-bench sd21-2step-warm 70 --arch sd21 --resolution 512 --steps 2 --batch 1,4 --no-stock
+# The device budget is 15 minutes a session, start included: one call of at most 9 minutes.
+# SD-Turbo (SD 2.1) 512 px, 1 step, CUDA graphs, default tuning (cuDNN benchmark, 1x1
+# convolutions as matmuls), nvJPEG in the engine, against stock diffusers; where the time goes.
+bench sd21-fast 200 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
+  --compile-tuning fast --profile "$OUT/profile-sd21.md"
+# ... the same with inductor's defaults (what the first GPU run measured): the ratio.
+bench sd21-off 120 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
+  --compile-tuning off --no-stock
+# SDXL 1024 px, 1 step, batch 1 and 4, against stock diffusers; where the time goes.
+bench sdxl-fast 190 --arch sdxl --resolution 1024 --steps 1 --batch 1,4 --compile cuda-graphs \
+  --compile-tuning fast --profile "$OUT/profile-sdxl.md"
+# max-autotune, if the box has time left (its cold compile is the longest).
+left=$((540 - SECONDS))
+if [ "$left" -gt 60 ]; then
+  bench sd21-max "$left" --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
+    --compile-tuning max --no-stock
+fi
+cat "$OUT"/profile-*.md 2>/dev/null | head -80
 python3 bench/gpu_summary.py "$OUT"/*.json | tee "$OUT/summary.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def main(paths: list[str]) -> None:
-    print("| run | arch | px | steps | mode | batch | ms/batch | frames/s | UNet ms/step | decode ms "
+    print("| run | arch | px | steps | mode/tuning | batch | ms/batch | frames/s | UNet ms/step | decode ms "
           "| JPEG ms (CPU / nvJPEG) | keystroke ms | warm-up s | stock ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
@@ -17,8 +17,11 @@ def main(paths: list[str]) -> None:
             first = b["batch"] == min(x["batch"] for x in r["batches"])
             stock = f"{r['stock_frame_ms']:.2f}" if first and r["stock_frame_ms"] else ""
             speed_up = f"{r['speed_up']:.2f}x" if first and r["speed_up"] else ""
-            nvjpeg = f"{b['gpu_encode_ms']:.2f}" if b.get("gpu_encode_ms") is not None else "-"
-            print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {r['mode']} "
+            # engine_encode_ms: JPEG in the engine (nvJPEG); gpu_encode_ms in the first run's files
+            on_gpu = b.get("engine_encode_ms", b.get("gpu_encode_ms"))
+            nvjpeg = f"{on_gpu:.2f}" if on_gpu is not None else "-"
+            mode = f"{r['mode']}/{r.get('tuning', 'off')}"
+            print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "
                   f"| {r['keystroke_to_frame_ms']:.2f} "

@@ -20,7 +20,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -54,6 +54,27 @@ def engine() -> Iterator[Any]:
     from promptcast.engine.pipeline import Engine
 
     eng = Engine(EngineConfig())
+    eng.load()
+    eng.warm_up()
+    yield eng
+
+
+@pytest.fixture(scope="session")
+def device_jpeg_engine() -> Iterator[Any]:
+    """The embedded model with `--jpeg-encode device`: the engine itself encodes the frames a
+    client will see as JPEGs (on a GPU with nvJPEG; here, on the CPU, in the engine's thread).
+    `asked` records, per rendered row, the prompt and whether its JPEG was asked for."""
+    from promptcast.config import EngineConfig
+    from promptcast.engine.pipeline import Engine
+
+    class RecordingEngine(Engine):
+        asked: ClassVar[list[tuple[str, bool]]] = []
+
+        def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> Any:
+            self.asked.extend((r.text, i < len(jpeg) and jpeg[i]) for i, r in enumerate(reqs))
+            return super().render_batch(reqs, cancelled, jpeg)
+
+    eng = RecordingEngine(EngineConfig(jpeg_encode="device"))
     eng.load()
     eng.warm_up()
     yield eng

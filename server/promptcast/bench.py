@@ -256,11 +256,20 @@ def add_parser(sub: Any) -> None:
           choices=["auto", "eager", "compile", "cuda-graphs"])
     o.add("--compile-cache", "PROMPTCAST_BENCH_COMPILE_CACHE", None,
           "folder for compiled kernels (default: ~/.cache/promptcast/torch-compile)")
+    o.add("--compile-tuning", "PROMPTCAST_BENCH_COMPILE_TUNING", "fast",
+          "how hard the compiler tunes: off, fast or max (as promptcast serve)",
+          choices=["off", "fast", "max"])
     o.add("--dtype", "PROMPTCAST_BENCH_DTYPE", "auto", "auto (float16 on GPU, float32 on CPU), "
           "float32, float16 or bfloat16", choices=["auto", "float32", "float16", "bfloat16"])
     o.add("--iterations", "PROMPTCAST_BENCH_ITERATIONS", 20, "timed repetitions per measurement",
           type=positive_int)
     o.flag("--no-stock", "PROMPTCAST_BENCH_NO_STOCK", "skip the stock diffusers pipeline")
+    o.add("--jpeg-encode", "PROMPTCAST_BENCH_JPEG_ENCODE", "auto",
+          "who encodes frames: device (the engine: nvJPEG on a GPU), cpu, or auto (as promptcast "
+          "serve)", choices=["auto", "device", "cpu"])
+    o.add("--profile", "PROMPTCAST_BENCH_PROFILE", None,
+          "also profile batch-1 frames and write where the time goes (kernels by category, the "
+          "longest kernels) to this file")
 
 
 NATIVE_RESOLUTION = {"sdxl": 1024, "sd15": 512, "sd21": 512, "tiny": 128}
@@ -276,7 +285,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     result = benchmark.run(
         args.arch, args.device, args.dtype, args.resolution or NATIVE_RESOLUTION[args.arch],
         args.steps or 1, args.batch, args.compile, args.iterations, not args.no_stock,
-        args.compile_cache,
+        args.compile_cache, args.compile_tuning, args.profile, args.jpeg_encode,
     )
     print(benchmark.table(result))
     if args.json:

@@ -87,6 +87,10 @@ def _serve_parser(sub: Any) -> None:
     o.add("--compile-cache", "PROMPTCAST_COMPILE_CACHE", None,
           "folder where compiled kernels persist, so restarts skip most compiling "
           "(default: ~/.cache/promptcast/torch-compile)")
+    o.add("--compile-tuning", "PROMPTCAST_COMPILE_TUNING", "fast",
+          "how hard the compiler tunes: off (its defaults); fast (cuDNN picks each convolution's "
+          "fastest algorithm, 1x1 convolutions as matmuls); max (also autotunes every matmul and "
+          "convolution: minutes more of cold start, cached)", choices=["off", "fast", "max"])
     o.add("--prompt-cache-size", "PROMPTCAST_PROMPT_CACHE_SIZE", 256,
           "prompt embeddings kept in the LRU cache", type=positive_int)
     o.add("--cpu-threads", "PROMPTCAST_CPU_THREADS", 1,
@@ -123,6 +127,10 @@ def _serve_parser(sub: Any) -> None:
             "(default: only the server's own origin; clients that send no Origin always may)")
     o.add("--jpeg-quality", "PROMPTCAST_JPEG_QUALITY", 85, "JPEG quality of frames, 1-95",
           type=positive_int)
+    o.add("--jpeg-encode", "PROMPTCAST_JPEG_ENCODE", "auto",
+          "who encodes frames to JPEG: device (the engine, right after decoding: nvJPEG on a GPU, "
+          "which needs torchvision); cpu (a worker thread beside the next render); auto: device "
+          "on a GPU where nvJPEG works, else cpu", choices=["auto", "device", "cpu"])
     o.add("--refine-after-ms", "PROMPTCAST_REFINE_AFTER_MS", 300,
           "when a client has been idle this long after its last update, send one higher-quality "
           "frame of the same picture (same seq, \"refined\": true); 0 turns refining off",
@@ -169,9 +177,10 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             name: getattr(args, name)
             for name in ("device", "dtype", "guidance", "max_steps", "sizes", "size",
                          "prompt_cache_size", "cpu_threads", "batch_sizes", "compile",
-                         "compile_cache")
+                         "compile_cache", "compile_tuning", "jpeg_encode")
             if hasattr(args, name)
         },
+        **({"jpeg_quality": min(args.jpeg_quality, 95)} if hasattr(args, "jpeg_quality") else {}),
     )
 
 
@@ -192,7 +201,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         token=args.token or None,
         protect_metrics=args.protect_metrics,
         allowed_origins=tuple(args.allow_origin),
-        jpeg_quality=min(args.jpeg_quality, 95),
         refine_after_ms=max(0, args.refine_after_ms),
         refine_steps=args.refine_steps,
         refine_full_vae=args.refine_full_vae,

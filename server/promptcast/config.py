@@ -24,6 +24,9 @@ class EngineConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # batches of sessions' jobs the engine runs at once
     compile: str = "auto"  # auto (cuda-graphs on CUDA, eager on CPU) | eager | compile | cuda-graphs
     compile_cache: str | None = None  # folder for compiled kernels; None: ~/.cache/promptcast/torch-compile
+    compile_tuning: str = "fast"  # off | fast | max: how hard inductor tunes (engine/compile.py)
+    jpeg_quality: int = 85
+    jpeg_encode: str = "auto"  # auto | device | cpu: who encodes JPEGs (engine/image.py)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,6 @@ class Config:
     token: str | None = None  # bearer token required on /ws (and /metrics with protect_metrics)
     protect_metrics: bool = False  # /metrics needs the token too
     allowed_origins: tuple[str, ...] = ()  # (): only the server's own origin; "*": any
-    jpeg_quality: int = 85
     refine_after_ms: int = 300  # idle time before a refined frame; 0: never refine
     refine_steps: int | None = None  # None: about twice the default steps the model supports
     refine_full_vae: bool = False  # refined frames decoded with the full autoencoder

@@ -85,14 +85,21 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
 
     # A second engine in this process compiles its own calls (from the shared cache folder).
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
-    out = tmp_path / "bench.json"
+    out, kernels = tmp_path / "bench.json", tmp_path / "profile.md"
     with pytest.raises(SystemExit) as exited:
         main(["bench", "--arch", "tiny", "--random-weights", "--device", "cpu", "--resolution",
               str(SIZE), "--steps", "2", "--batch", "1,4", "--compile", "compile",
-              "--compile-cache", str(cache_dir), "--iterations", "3", "--json", str(out)])
+              "--compile-cache", str(cache_dir), "--iterations", "3", "--json", str(out),
+              "--profile", str(kernels)])
     assert exited.value.code == 0
     report = json.loads(out.read_text())
     assert (report["arch"], report["mode"], report["resolution"]) == ("tiny", "compile", SIZE)
+    assert (report["tuning"], report["jpeg_encoder"]) == ("fast", "cpu")
+    # The profile of the compiled frames. (On a CPU the profiler sees the operators inductor
+    # calls out to, such as the convolutions, but not its own generated C++ kernels.)
+    profile = kernels.read_text()
+    assert profile.startswith(f"tiny {SIZE}x{SIZE}, 2 step(s), batch 1, mode compile, tuning fast")
+    assert "| category | ms/frame | share |" in profile and "| convolution |" in profile
     assert [b["batch"] for b in report["batches"]] == [1, 4]
     for b in report["batches"]:
         assert b["fps"] > 0 and b["unet_step_ms"] > 0 and b["stages_ms"]["decode_ms"] > 0

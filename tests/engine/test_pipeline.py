@@ -230,3 +230,38 @@ def test_recover_after_a_failed_render_leaves_the_engine_rendering(engine: Engin
 
     engine.recover(torch.OutOfMemoryError("simulated: CUDA out of memory"))
     assert engine.render(req("after recovery")).pixels.shape == (64, 64, 3)
+
+
+def test_the_engine_encodes_the_jpegs_it_is_asked_for(device_jpeg_engine: Engine,
+                                                      engine: Engine) -> None:
+    reqs = [req(f"a red circle {i}", seed=i) for i in range(3)]
+    frames = device_jpeg_engine.render_batch(reqs, jpeg=[True, False, True])
+    assert device_jpeg_engine.encodes_jpeg
+    assert frames[1].jpeg is None  # a video frame: nobody would see its JPEG
+    for frame in (frames[0], frames[2]):
+        assert frame.jpeg is not None and frame.timings["encode_ms"] >= 0
+        decoded = np.asarray(Image.open(io.BytesIO(frame.jpeg)).convert("RGB")).astype(int)
+        # The JPEG of these very pixels: lossy, so within a few levels on average.
+        assert decoded.shape == frame.pixels.shape
+        assert np.abs(decoded - frame.pixels.astype(int)).mean() < 4
+    # The same pixels as an engine that leaves JPEG to the server's worker threads, which
+    # hands back none even when asked.
+    plain = engine.render_batch(reqs, jpeg=[True, True, True])
+    assert not engine.encodes_jpeg and all(f.jpeg is None and "encode_ms" not in f.timings
+                                           for f in plain)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(frames, plain, strict=True))
+
+
+def test_jpeg_encoding_on_the_device_needs_nvjpeg_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from promptcast.engine import image
+
+    monkeypatch.setattr(image, "_nvjpeg", lambda device, quality: None)  # torchvision missing
+    cuda = torch.device("cuda")
+    assert image.frame_encoder("auto", cuda, 85) is None  # auto: the CPU encodes instead
+    with pytest.raises(ModelLoadError, match="nvJPEG"):
+        image.frame_encoder("device", cuda, 85)
+    with pytest.raises(ModelLoadError, match="auto, device or cpu"):
+        image.frame_encoder("gpu", cuda, 85)
+    assert image.frame_encoder("cpu", torch.device("cpu"), 85) is None

@@ -89,6 +89,28 @@ async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:
         await ws.close()
 
 
+async def test_an_engine_that_encodes_jpegs_skips_the_frames_that_go_to_video(
+    device_jpeg_engine: Engine,
+) -> None:
+    async with run_server(device_jpeg_engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a green square before video"))
+        assert (await recv_json(ws))["format"] == "jpeg"
+        await ws.recv()  # its JPEG
+        pc, track, metas = await open_video(ws)
+        await ws.send(prompt(2, "a green square on video"))
+        await asyncio.wait_for(track.recv(), 20)
+        for _ in range(200):
+            if any(m["seq"] == 2 for m in metas):
+                break
+            await asyncio.sleep(0.05)
+        await pc.close()
+        await ws.close()
+    asked = dict(device_jpeg_engine.asked)  # type: ignore[attr-defined]
+    assert asked["a green square before video"] is True
+    assert asked["a green square on video"] is False
+
+
 async def test_closing_the_socket_frees_the_peer(engine: Engine) -> None:
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)

@@ -52,6 +52,25 @@ async def test_frame_is_a_header_then_a_jpeg_of_the_requested_size(server: Serve
     assert img.format == "JPEG" and img.size == (64, 64)
 
 
+async def test_jpegs_the_engine_encoded_go_out_as_they_are(
+    device_jpeg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from promptcast.runtime import runtime
+
+    def no_cpu_encode(*args: object) -> bytes:
+        raise AssertionError("the server encoded a frame the engine had encoded")
+
+    monkeypatch.setattr(runtime, "encode_jpeg", no_cpu_encode)
+    async with run_server(device_jpeg_engine) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a blue star", width=64, height=64))
+        [(header, image)] = await frames_until(ws, 1)
+        await ws.close()
+    assert header["format"] == "jpeg" and header["timings"]["encode_ms"] >= 0
+    assert Image.open(io.BytesIO(image)).size == (64, 64)
+    assert ("a blue star", True) in device_jpeg_engine.asked  # type: ignore[attr-defined]
+
+
 async def test_a_burst_ends_with_the_last_seq_and_far_fewer_frames(server: Server) -> None:
     ws, _ = await connect(server.ws_url)
     text = "a lighthouse on a cliff above a stormy sea"
@@ -214,7 +233,7 @@ class FlakyEngine(Engine):
     keeps the engine busy until released, so that other sessions' jobs wait and then run
     as one batch."""
 
-    def render_batch(self, reqs: Any, cancelled: Any = None) -> list[Rendered]:
+    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> list[Rendered]:
         if reqs[0].text == "hold":
             self.holding.set()
             assert self.release.wait(20)
@@ -222,7 +241,7 @@ class FlakyEngine(Engine):
             self.batches.append([r.text for r in reqs])
         if any(r.text == "boom" for r in reqs):
             raise RuntimeError("simulated device fault")
-        return super().render_batch(reqs, cancelled)
+        return super().render_batch(reqs, cancelled, jpeg)
 
     def recover(self, exc: BaseException) -> None:
         self.recoveries.append(str(exc))
@@ -343,7 +362,7 @@ class SlowRefineEngine(Engine):
 
     refine_started: Any = None
 
-    def render_batch(self, reqs: Any, cancelled: Any = None) -> list[Rendered]:
+    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> list[Rendered]:
         if reqs[0].steps == 4 and cancelled is not None:
             import threading
             import time
@@ -356,7 +375,7 @@ class SlowRefineEngine(Engine):
                     raise RenderCancelled
                 time.sleep(0.01)
             assert isinstance(self.refine_started, threading.Event)
-        return super().render_batch(reqs, cancelled)
+        return super().render_batch(reqs, cancelled, jpeg)
 
 
 async def test_an_update_never_waits_behind_a_running_refine(engine: Engine) -> None:

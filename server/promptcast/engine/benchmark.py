@@ -29,6 +29,7 @@ from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.archs import build_components, stock_pipeline
 from promptcast.engine.image import encode_jpeg
+from promptcast.engine.kernel_profile import profile_frames
 from promptcast.engine.pipeline import Engine, resolve_device, resolve_dtype
 from promptcast.engine.presets import PRESETS
 
@@ -45,12 +46,13 @@ ARCH_PRESETS: dict[str, tuple[str, float | None]] = {
 @dataclass
 class BatchResult:
     batch: int
-    frame_ms: float  # median wall time of one batch, render only (text cached, no image encode)
-    fps: float  # frames per second at this batch size, render + image encode
+    frame_ms: float  # median wall time of one batch: render (text cached), and JPEG where the
+    # engine encodes (engine_encode_ms), as a WebSocket client gets it
+    fps: float  # frames per second at this batch size, render + JPEG encode
     stages_ms: dict[str, float]  # medians of the engine's own stage timings, per batch
     unet_step_ms: float
-    encode_ms: float  # JPEG of one frame, on the CPU
-    gpu_encode_ms: float | None = None  # JPEG of one frame with nvJPEG (torchvision), if available
+    encode_ms: float  # JPEG of one frame on the CPU, as the server's worker threads do it
+    engine_encode_ms: float | None = None  # JPEG of one frame in the engine (nvJPEG on a GPU)
 
 
 @dataclass
@@ -66,6 +68,9 @@ class BenchResult:
     warm_up_s: float
     stock_frame_ms: float | None  # the stock diffusers pipeline, batch 1, embedding cached
     keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
+    tuning: str = "fast"  # --compile-tuning
+    jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
+    # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
     batches: list[BatchResult] = field(default_factory=list)
 
     def speed_up(self) -> float | None:
@@ -115,7 +120,9 @@ def time_stock(components: Any, resolution: int, steps: int, guidance: float,
 
 def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: int,
         batches: Sequence[int], compile_mode: str, iterations: int, stock: bool,
-        compile_cache: str | None = None) -> BenchResult:
+        compile_cache: str | None = None, compile_tuning: str = "fast",
+        profile_to: str | None = None, jpeg_encode: str = "auto") -> BenchResult:
+    """`profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there."""
     torch.manual_seed(0)
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
@@ -124,7 +131,7 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         preset=preset, device=str(device), dtype=dtype_name, steps=steps, guidance=guidance,
         sizes=((resolution, resolution),), size=(resolution, resolution),
         batch_sizes=tuple(sorted(set(batches) | {1})), compile=compile_mode,
-        compile_cache=compile_cache,
+        compile_cache=compile_cache, compile_tuning=compile_tuning, jpeg_encode=jpeg_encode,
     )
     if device.type == "cpu":  # as the engine will: the stock pipeline gets the same threads
         torch.set_num_threads(config.cpu_threads)
@@ -147,7 +154,9 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         arch=arch, preset=preset, device=torch.cuda.get_device_name(device) if device.type == "cuda"
         else "cpu", dtype=str(dtype).removeprefix("torch."), mode=engine.mode,
         resolution=resolution, steps=steps, load_s=load_s, warm_up_s=engine.warm_up_seconds,
-        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0,
+        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0, tuning=compile_tuning,
+        jpeg_encoder=("cpu" if not engine.encodes_jpeg
+                      else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
     )
     for b in sorted(set(batches)):
         reqs = [RenderRequest(texts[i % len(texts)], i, steps, resolution, resolution) for i in range(b)]
@@ -159,54 +168,49 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         _sync(device)
         t0 = time.perf_counter()
         frame = engine.render(RenderRequest(f"a keystroke prompt number {i}", 1, steps, resolution,
-                                            resolution))
-        encode_jpeg(frame.pixels, 85)
+                                            resolution), jpeg=True)
+        if frame.jpeg is None:
+            encode_jpeg(frame.pixels, 85)
         latencies.append((time.perf_counter() - t0) * 1e3)
     result.keystroke_to_frame_ms = statistics.median(latencies)
+    if profile_to is not None:
+        one = RenderRequest(texts[0], 0, steps, resolution, resolution)
+        report = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
+        with open(profile_to, "w") as f:
+            f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {engine.mode}, "
+                    f"tuning {compile_tuning}, {result.device}\n\n{report}\n")
     return result
 
 
 def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
                 iterations: int) -> BatchResult:
+    every_jpeg = [True] * len(reqs)  # as WebSocket clients get their frames
     engine.render_batch(reqs)  # embeddings into the cache
     stage_runs: list[dict[str, float]] = []
 
     def batch() -> None:
-        stage_runs.append(engine.render_batch(reqs)[0].timings)
+        stage_runs.append(engine.render_batch(reqs, jpeg=every_jpeg)[0].timings)
 
     frame_ms = _median_ms(batch, device, iterations)
     pixels = engine.render(reqs[0]).pixels
     encode_ms = _median_ms(lambda: encode_jpeg(pixels, 85), torch.device("cpu"), iterations)
     stages = {k: statistics.median(r[k] for r in stage_runs) for k in stage_runs[0]}
     b = len(reqs)
+    in_engine = stages.get("encode_ms")
     return BatchResult(
-        batch=b, frame_ms=frame_ms, fps=b * 1e3 / (frame_ms + b * encode_ms), stages_ms=stages,
-        unet_step_ms=stages["denoise_ms"] / reqs[0].steps, encode_ms=encode_ms,
-        gpu_encode_ms=_time_gpu_jpeg(pixels, device, iterations),
+        batch=b, frame_ms=frame_ms,
+        fps=b * 1e3 / (frame_ms if in_engine is not None else frame_ms + b * encode_ms),
+        stages_ms=stages, unet_step_ms=stages["denoise_ms"] / reqs[0].steps, encode_ms=encode_ms,
+        engine_encode_ms=None if in_engine is None else in_engine / b,
     )
-
-
-def _time_gpu_jpeg(pixels: Any, device: torch.device, iterations: int) -> float | None:
-    """ms to JPEG-encode one frame already on the GPU with nvJPEG, where torchvision has it:
-    the alternative to copying pixels out and encoding on the CPU."""
-    if device.type != "cuda":
-        return None
-    try:
-        from torchvision.io import encode_jpeg as gpu_encode_jpeg
-    except ImportError:
-        return None
-    frame = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(device)  # (3, H, W) uint8
-    try:
-        return _median_ms(lambda: gpu_encode_jpeg(frame, quality=85), device, iterations)
-    except RuntimeError:  # a torchvision built without nvJPEG
-        return None
 
 
 def table(r: BenchResult) -> str:
     speed_up = r.speed_up()
     lines = [
         f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.steps} step(s), {r.device}, "
-        f"{r.dtype}, mode {r.mode}: load {r.load_s:.1f} s, warm-up (compile/capture) {r.warm_up_s:.1f} s",
+        f"{r.dtype}, mode {r.mode}, tuning {r.tuning}: load {r.load_s:.1f} s, "
+        f"warm-up (compile/capture) {r.warm_up_s:.1f} s",
         "| batch | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -216,9 +220,10 @@ def table(r: BenchResult) -> str:
             f"| {b.batch} | {b.frame_ms:.2f} | {b.fps:.1f} | {s['text_encode_ms']:.2f} | "
             f"{b.unet_step_ms:.2f} | {s['decode_ms']:.2f} | {b.encode_ms:.2f} |"
         )
-    gpu_jpeg = r.batches[0].gpu_encode_ms if r.batches else None
-    if gpu_jpeg is not None:
-        lines.append(f"JPEG on the GPU (nvJPEG): {gpu_jpeg:.2f} ms/frame")
+    in_engine = r.batches[0].engine_encode_ms if r.batches else None
+    if in_engine is not None:
+        lines.append(f"JPEG in the engine ({r.jpeg_encoder}): {in_engine:.2f} ms/frame, counted "
+                     "in ms/batch; the JPEG column is the CPU's, for comparison")
     lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
                  f"{r.keystroke_to_frame_ms:.2f} ms")
     if r.stock_frame_ms is not None:

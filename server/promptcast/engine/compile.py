@@ -17,6 +17,12 @@ tests forbid with `torch._dynamo.config.error_on_recompile`.
 
 Compiled artefacts persist in a cache folder (inductor's FX-graph and autotuning caches), so a
 restart of the same model on the same machine skips most of the compile time.
+
+How hard inductor works is `--compile-tuning` (TUNINGS): "off" is inductor's defaults (what the
+first GPU run measured); "fast" (the default) adds what costs nothing on the hot path: cuDNN
+benchmarking of each convolution shape once at warm-up (the shapes are fixed per bucket) and
+1x1 convolutions as matmuls; "max" also autotunes every matmul and convolution template and
+tunes Triton block sizes (minutes more of cold start, kept in the compile cache).
 """
 
 from __future__ import annotations
@@ -52,12 +58,35 @@ def use_compile_cache(folder: Path) -> None:
     torch._inductor.config.autotune_local_cache = True
 
 
-def optimise_layout(unet: Any, device: torch.device) -> None:
-    """Fused QKV projections (one matmul instead of three per attention); channels_last on
-    CUDA, where convolutions in NHWC use the tensor cores without transposes."""
-    unet.fuse_qkv_projections()
-    if device.type == "cuda":
-        unet.to(memory_format=torch.channels_last)
+TUNINGS = ("off", "fast", "max")
+
+
+def inductor_options(tuning: str) -> dict[str, Any]:
+    """torch.compile's per-function inductor options for a --compile-tuning level. Options,
+    not inductor's global config: two engines in one process (the tests) stay independent.
+    "max" is mode="max-autotune-no-cudagraphs" (the graphs are captured here, per bucket)."""
+    if tuning not in TUNINGS:
+        raise ModelLoadError(f"unknown compile tuning {tuning!r}; one of {', '.join(TUNINGS)}")
+    if tuning == "off":
+        return {}
+    fast = {"conv_1x1_as_mm": True}
+    if tuning == "fast":
+        return fast
+    return {**fast, "max_autotune": True, "coordinate_descent_tuning": True}
+
+
+def optimise_layout(modules: list[Any], device: torch.device, tuning: str) -> None:
+    """Fused QKV projections (one matmul instead of three per attention) where a module has
+    attention; on CUDA, channels_last, where convolutions in NHWC use the tensor cores without
+    transposes, and (tuning above "off") cuDNN's benchmark mode, which times the convolution
+    algorithms once per shape and keeps the fastest."""
+    for module in modules:
+        if hasattr(module, "fuse_qkv_projections"):
+            module.fuse_qkv_projections()
+        if device.type == "cuda":
+            module.to(memory_format=torch.channels_last)
+    if device.type == "cuda" and tuning != "off":
+        torch.backends.cudnn.benchmark = True
 
 
 class CapturedCall:
@@ -90,12 +119,15 @@ class FastCall:
     """`fn` eager, compiled, or compiled and graph-captured per shape bucket.
 
     mode: "eager" | "compile" | "cuda-graphs" (compile, then capture; CUDA only).
+    options: inductor's options for torch.compile (inductor_options).
     """
 
-    def __init__(self, name: str, fn: Callable[..., torch.Tensor], mode: str) -> None:
+    def __init__(self, name: str, fn: Callable[..., torch.Tensor], mode: str,
+                 options: dict[str, Any] | None = None) -> None:
         self.name = name
         self.mode = mode
-        self._fn = fn if mode == "eager" else torch.compile(fn, fullgraph=True, dynamic=False)
+        self._fn = fn if mode == "eager" else torch.compile(
+            fn, fullgraph=True, dynamic=False, options=options or None)
         self._graphs: dict[tuple[object, ...], CapturedCall] = {}
         self._pool = torch.cuda.graph_pool_handle() if mode == "cuda-graphs" else None
 

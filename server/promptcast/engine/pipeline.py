@@ -26,12 +26,13 @@ from promptcast.engine.compile import (
     FastCall,
     decoder_call,
     default_compile_cache,
+    inductor_options,
     optimise_layout,
     resolve_mode,
     unet_call,
     use_compile_cache,
 )
-from promptcast.engine.image import decode_image
+from promptcast.engine.image import decode_image, frame_encoder
 from promptcast.engine.loading import Components, load_components
 from promptcast.engine.model_index import ModelLoadError
 from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
@@ -60,6 +61,7 @@ class Rendered:
     prompt_cache_hit: bool
     batch_size: int = 1  # frames rendered together with this one, itself included
     prompt_truncated: bool = False  # only the first `max_prompt_tokens` tokens were used
+    jpeg: bytes | None = None  # encoded by the engine (--jpeg-encode), if it was asked to
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,6 +146,7 @@ class Engine:
         )
         self.cfg_scale = self.guidance if (cond_dim is None and self.guidance > 1.0) else None
         self._prepare_calls()
+        self._jpeg = frame_encoder(cfg.jpeg_encode, self.device, cfg.jpeg_quality)
         self.load_seconds = time.perf_counter() - started
         self.loaded = True
         log.info(
@@ -157,15 +160,16 @@ class Engine:
         compiled and captured per shape bucket (engine/compile.py)."""
         cfg = self.config
         self.mode = resolve_mode(cfg.compile, self.device)
+        options = inductor_options(cfg.compile_tuning)
         if self.mode != "eager":
             use_compile_cache(Path(cfg.compile_cache) if cfg.compile_cache else default_compile_cache())
-            optimise_layout(self.c.unet, self.device)
+            optimise_layout([self.c.unet, self.c.vae], self.device, cfg.compile_tuning)
             # Every bucket compiles once at warm-up (UNet and decoder calls share one code
             # object each): make room for this engine's buckets in dynamo's per-code cache.
             buckets = len(self.limits.sizes) * len(cfg.batch_sizes)
             torch._dynamo.config.recompile_limit += buckets
-        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode)
-        self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode)
+        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options)
+        self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.
         self._full_decoder = (
             self._decoder if self.c.full_vae is self.c.vae
@@ -255,6 +259,7 @@ class Engine:
             "dtype": str(self.dtype).removeprefix("torch."),
             "max_prompt_tokens": int(self.c.tokenizer.model_max_length),
             "compile": self.mode,
+            "compile_tuning": self.config.compile_tuning,
             "batch_sizes": list(self.config.batch_sizes),
         }
 
@@ -365,20 +370,31 @@ class Engine:
         want = 2 * self.limits.default_steps
         return min((k for k in supported if k >= want), default=max(supported))
 
-    def render(self, req: RenderRequest, cancelled: Callable[[], bool] | None = None) -> Rendered:
+    @property
+    def encodes_jpeg(self) -> bool:
+        """Whether render_batch can hand back JPEGs (--jpeg-encode put them in the engine)."""
+        return self._jpeg is not None
+
+    def render(self, req: RenderRequest, cancelled: Callable[[], bool] | None = None,
+               jpeg: bool = False) -> Rendered:
         """Render one request; see render_batch."""
-        return self.render_batch([req], cancelled)[0]
+        return self.render_batch([req], cancelled, [jpeg])[0]
 
     @torch.inference_mode()
     def render_batch(
-        self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None
+        self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None,
+        jpeg: Sequence[bool] = (),
     ) -> list[Rendered]:
         """Render requests that share one `RenderRequest.batch_key()` as one batch (img2img:
         one request alone), at most `max_batch` of them. Each frame is the one its request
         would get alone: its own prompt, its seed's noise, its own generator.
 
         If `cancelled` is given, it is polled between UNet steps and a True answer raises
-        RenderCancelled: a long render (a refine) gives way within one step."""
+        RenderCancelled: a long render (a refine) gives way within one step.
+
+        `jpeg[i]`: request i's frame is wanted as a JPEG too. Where the engine encodes
+        (`encodes_jpeg`), it does so for those frames only, before their pixels leave the device
+        (frames that go to a video track need none)."""
         first = reqs[0]
         assert len(reqs) <= self.max_batch and all(r.batch_key() == first.batch_key() for r in reqs)
         assert first.image is None or len(reqs) == 1, "img2img renders alone"
@@ -425,16 +441,26 @@ class Engine:
 
         if cancelled is not None and cancelled():
             raise RenderCancelled
-        pixels = self._decode(latents, first.full_vae)[: len(reqs)]
+        frames = self._decode(latents, first.full_vae)[: len(reqs)]  # (n, 3, H, W) uint8
+        self._sync()
         t3 = time.perf_counter()
+        wanted = [i for i in range(len(reqs)) if i < len(jpeg) and jpeg[i]]
+        jpegs: list[bytes | None] = [None] * len(reqs)
+        if self._jpeg is not None and wanted:
+            for i, data in zip(wanted, self._jpeg(frames[wanted]), strict=True):
+                jpegs[i] = data
+        t4 = time.perf_counter()
+        pixels: np.ndarray = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (n, H, W, 3)
         timings = {
             "text_encode_ms": (t1 - t0) * 1e3,
             "denoise_ms": (t2 - t1) * 1e3,
             "decode_ms": (t3 - t2) * 1e3,
         }
+        if any(j is not None for j in jpegs):
+            timings["encode_ms"] = (t4 - t3) * 1e3
         return [
-            Rendered(p, dict(timings), hit, len(reqs), cond.truncated)
-            for p, (cond, hit) in zip(pixels, looked_up, strict=True)
+            Rendered(p, dict(timings), hit, len(reqs), cond.truncated, j)
+            for p, (cond, hit), j in zip(pixels, looked_up, jpegs, strict=True)
         ]
 
     def recover(self, exc: BaseException) -> None:
@@ -454,11 +480,10 @@ class Engine:
             return n  # no shape buckets to fill
         return min(b for b in self.config.batch_sizes if b >= n)
 
-    def _decode(self, latents: torch.Tensor, full: bool) -> list[np.ndarray]:
-        """(B, C, h, w) latents -> B (H, W, 3) uint8 frames."""
+    def _decode(self, latents: torch.Tensor, full: bool) -> torch.Tensor:
+        """(B, C, h, w) latents -> (B, 3, H, W) uint8 frames, still on the device."""
         decoder, vae = (self._full_decoder, self.c.full_vae) if full else (self._decoder, self.c.vae)
         # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
         image = decoder(latents.to(vae.dtype) / vae.config.scaling_factor)  # (B, 3, H, W) in [-1, 1]
-        pixels = ((image.float().permute(0, 2, 3, 1) + 1.0) * 127.5).clamp(0, 255).round()
-        out: np.ndarray = pixels.to(torch.uint8).cpu().numpy()  # (B, H, W, 3)
-        return list(out)
+        # contiguous: channels_last decoders hand back NHWC strides; the JPEG encoder wants CHW.
+        return ((image.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).contiguous()

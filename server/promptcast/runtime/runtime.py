@@ -102,6 +102,11 @@ class Connection:
         self.prompt_truncated = False  # the last frame's prompt was cut to the encoder's limit
         self._wake = asyncio.Event()
 
+    @property
+    def active_video(self) -> VideoSink | None:
+        """The video track frames go to instead of the WebSocket, once it carries them."""
+        return self.video if self.video is not None and self.video.active else None
+
     def send(self, message: ServerMessage) -> None:
         self.control.append(message)
         self._wake.set()
@@ -481,8 +486,9 @@ class Runtime:
         rendered again job by job, so one request's fault is reported to its session only
         and the others still get their frames."""
         requests = [job.request for job in batch]
+        jpeg = [self._wants_jpeg(job) for job in batch]
         try:
-            return list(await self._thread.run(self.engine.render_batch, requests, cancelled))
+            return list(await self._thread.run(self.engine.render_batch, requests, cancelled, jpeg))
         except RenderCancelled:
             raise
         except Exception as exc:
@@ -490,9 +496,9 @@ class Runtime:
             if len(batch) == 1:
                 return [exc]
         results: list[Rendered | Exception] = []
-        for request in requests:
+        for request, want in zip(requests, jpeg, strict=True):
             try:
-                results.append(await self._thread.run(self.engine.render, request, cancelled))
+                results.append(await self._thread.run(self.engine.render, request, cancelled, want))
             except RenderCancelled:
                 raise
             except Exception as exc:
@@ -576,6 +582,15 @@ class Runtime:
             conn.session.render_failed(job)
             conn.send(error)
 
+    def _wants_jpeg(self, job: Job) -> bool:
+        """Whether job's frame will be sent as a JPEG: to the WebSocket, unless the session
+        watches a video track, and to MJPEG viewers. _deliver decides again when the frame is
+        done (and encodes on the CPU if the engine did not)."""
+        conn = self.connections.get(job.session_id)
+        if conn is None:
+            return False
+        return conn.active_video is None or self.viewers.wanted(job.session_id)
+
     async def _deliver(self, job: Job, rendered: Rendered, queue_s: float) -> None:
         conn = self.connections.get(job.session_id)
         if conn is None:
@@ -584,18 +599,21 @@ class Runtime:
         timings = {"queue_ms": queue_s * 1e3, **rendered.timings}
         for stage, ms in timings.items():
             self.metrics.stage.labels(stage.removesuffix("_ms")).observe(ms / 1e3)
-        video = conn.video if conn.video is not None and conn.video.active else None
+        video = conn.active_video
         on_video = video is not None
         if video is not None:
             # The video encoder takes the pixels. Metadata goes with the frame.
             video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
             if not self.viewers.wanted(job.session_id):
                 return  # no JPEG: nobody would see it
-        t0 = time.monotonic()
-        jpeg = await asyncio.to_thread(encode_jpeg, rendered.pixels, self.config.jpeg_quality)
-        encode_s = time.monotonic() - t0
-        timings["encode_ms"] = encode_s * 1e3
-        self.metrics.stage.labels("encode").observe(encode_s)
+        jpeg = rendered.jpeg  # the engine's (--jpeg-encode), its time already in the timings
+        if jpeg is None:
+            t0 = time.monotonic()
+            jpeg = await asyncio.to_thread(encode_jpeg, rendered.pixels,
+                                           self.config.engine.jpeg_quality)
+            encode_s = time.monotonic() - t0
+            timings["encode_ms"] = encode_s * 1e3
+            self.metrics.stage.labels("encode").observe(encode_s)
         if conn.closed:
             self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
             return

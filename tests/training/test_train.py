@@ -148,3 +148,17 @@ def test_the_domain_is_every_scene_once() -> None:
     scenes = all_scenes()
     assert len(scenes) == len(set(scenes)) == 4 * 10 * 2 * 5 * 9
     assert all(s.colour != s.background for s in random.Random(0).sample(scenes, 100))
+
+
+def test_the_pseudo_huber_distillation_loss_is_l1_far_and_quadratic_near() -> None:
+    from promptcast.training.distill import HUBER_C, consistency_loss
+
+    zero = torch.zeros(4, dtype=torch.float64)  # float32 rounds away the near case
+    far = torch.full((4,), 0.5, dtype=torch.float64)
+    near = torch.full((4,), HUBER_C / 100, dtype=torch.float64)
+    assert consistency_loss(far, zero, "huber").item() == pytest.approx(0.5 - HUBER_C, rel=1e-4)
+    assert consistency_loss(near, zero, "huber").item() == pytest.approx(
+        (HUBER_C / 100) ** 2 / (2 * HUBER_C), rel=1e-3)
+    assert consistency_loss(far, zero, "l2").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="unknown distillation loss"):
+        consistency_loss(far, zero, "l1")

@@ -29,6 +29,7 @@ from promptcast.training.shapes import Scene
 
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0  # LCMScheduler's default; the boundary scalings depend on it
+HUBER_C = 0.001  # the pseudo-Huber constant of diffusers' LCM distillation scripts
 
 
 def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,12 +40,24 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return c_skip[:, None, None, None], c_out[:, None, None, None]
 
 
+def consistency_loss(predicted: torch.Tensor, wanted: torch.Tensor, kind: str) -> torch.Tensor:
+    """"l2": mean squared error; "huber": mean of sqrt(d^2 + c^2) - c, quadratic for |d| << c
+    and |d| - c beyond it."""
+    if kind == "huber":
+        return (((predicted - wanted) ** 2 + HUBER_C**2).sqrt() - HUBER_C).mean()
+    if kind == "l2":
+        return F.mse_loss(predicted, wanted)
+    raise ValueError(f"unknown distillation loss {kind!r}")
+
+
 def distill(work: Path, teacher: Any, latents: torch.Tensor,
             scenes: Sequence[Scene], text_encoder: CLIPTextModel, tokenizer: object, steps: int,
             batch: int, lr: float, rng: random.Random, log: Callable[[str], None],
             guidance_range: tuple[float, float] = (1.0, 5.0),
-            target_decay: float = 0.95) -> Any:
-    """`guidance_range`: the span of w (guidance scale - 1) the student learns to embed."""
+            target_decay: float = 0.95, loss_kind: str = "l2") -> Any:
+    """`guidance_range`: the span of w (guidance scale - 1) the student learns to embed.
+    `loss_kind`: "l2", or "huber": the pseudo-Huber distance of the LCM paper (c = 0.001),
+    close to L1 on unit-variance latents, which pulls toward the target's median, not its mean."""
     alphas = models.training_scheduler().alphas_cumprod  # (1000,)
     skip = alphas.shape[0] // models.ORIGINAL_STEPS
     grid = torch.arange(1, models.ORIGINAL_STEPS + 1) * skip - 1  # 19, 39, ..., 999
@@ -94,7 +107,7 @@ def distill(work: Path, teacher: Any, latents: torch.Tensor,
             v_p = target.module(x_prev, t_prev, hidden, timestep_cond=w_embed).sample
             wanted = c_skip_p * x_prev + c_out_p * x0_from_v(v_p, x_prev, a_prev)
 
-        loss = F.mse_loss(predicted, wanted)
+        loss = consistency_loss(predicted, wanted, loss_kind)
         value = descend(loss, optimizer, schedule, clip=student.parameters())
         target.update(student)
         return value

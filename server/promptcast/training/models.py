@@ -1,7 +1,7 @@
 """The architectures of the default model, all standard diffusers/transformers classes, and the
 noise schedule they share.
 
-Sizes are set by what trains in under 2 hours (about 93 minutes measured) on a 2-core CPU and
+Sizes are set by what trains in under 2 hours (about 90 minutes alone, measured) on a 2-core CPU and
 ships in under 20 MB:
 - 64 px pictures and a 1/4-scale autoencoder: 16x16x4 latents (at 1/8 scale a small shape
   blurs into a few latent pixels);

@@ -1,7 +1,7 @@
 """Train the embedded default model from a seed: autoencoder, text encoder, teacher, LCM student,
 then a sharper decoder.
 
-    python -m promptcast.training.train --work runs/shapes            # about 95 minutes on 2 cores
+    python -m promptcast.training.train --work runs/shapes            # about 2 hours on 2 cores
     python -m promptcast.training.train --work runs/shapes --install  # then replace the embedded model
 
 Each stage checkpoints into --work every two minutes and when it ends; run the same command
@@ -48,12 +48,13 @@ class Plan:
     text_steps: int = 500
     text_batch: int = 128
     text_lr: float = 2e-3
-    teacher_steps: int = 4500
+    teacher_steps: int = 6000
     teacher_batch: int = 48
     teacher_lr: float = 1e-3
     distill_steps: int = 700
     distill_batch: int = 32
     distill_lr: float = 2e-4
+    distill_loss: str = "huber"  # or "l2" (distill.py)
     decoder_steps: int = 1500
     decoder_batch: int = 32
     decoder_lr: float = 1e-3
@@ -122,7 +123,8 @@ def train(work: Path, seed: int, plan: Plan) -> dict[str, object]:
     teacher = train_teacher(work, latents, scenes, text_encoder, tokenizer, plan.teacher_steps,
                             plan.teacher_batch, plan.teacher_lr, stage_seed(3), log)
     student = distill(work, teacher, latents, scenes, text_encoder, tokenizer, plan.distill_steps,
-                      plan.distill_batch, plan.distill_lr, stage_seed(4), log)
+                      plan.distill_batch, plan.distill_lr, stage_seed(4), log,
+                      loss_kind=plan.distill_loss)
     # Last, though it needs only the autoencoder: adding it left the stages before untouched.
     ae = refine_decoder(work, ae, images, plan.decoder_steps, plan.decoder_batch,
                         plan.decoder_lr, stage_seed(5), log)
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps of every stage (CI)")
     parser.add_argument("--teacher-steps", type=int, help="override the plan's teacher steps")
     parser.add_argument("--distill-steps", type=int, help="override the plan's distillation steps")
+    parser.add_argument("--distill-loss", choices=["l2", "huber"],
+                        help="override the plan's distillation loss")
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--install", action="store_true",
                         help=f"replace the embedded model ({EMBEDDED_MODEL}) with the result")
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = replace(plan, teacher_steps=args.teacher_steps)
     if args.distill_steps:
         plan = replace(plan, distill_steps=args.distill_steps)
+    if args.distill_loss:
+        plan = replace(plan, distill_loss=args.distill_loss)
     started = time.monotonic()
     parts = train(args.work, args.seed, plan)
     log(f"trained in {(time.monotonic() - started) / 60:.1f} min")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -252,15 +253,23 @@ def test_the_engine_encodes_the_jpegs_it_is_asked_for(device_jpeg_engine: Engine
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(frames, plain, strict=True))
 
 
-def test_jpeg_encoding_on_the_device_needs_nvjpeg_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jpeg_encoding_on_the_device_needs_a_working_nvjpeg_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import torch
 
     from promptcast.engine import image
 
-    monkeypatch.setattr(image, "_nvjpeg", lambda device, quality: None)  # torchvision missing
-    cuda = torch.device("cuda")
+    class BrokenTorchvision(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            # What torchvision built for another torch says when it is imported.
+            raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setitem(sys.modules, "torchvision", BrokenTorchvision("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", BrokenTorchvision("torchvision.io"))
+    cuda = torch.device("cuda")  # never touched: torchvision fails first
     assert image.frame_encoder("auto", cuda, 85) is None  # auto: the CPU encodes instead
-    with pytest.raises(ModelLoadError, match="nvJPEG"):
+    with pytest.raises(ModelLoadError, match=r"nvJPEG \(torchvision cannot be used: operator"):
         image.frame_encoder("device", cuda, 85)
     with pytest.raises(ModelLoadError, match="auto, device or cpu"):
         image.frame_encoder("gpu", cuda, 85)

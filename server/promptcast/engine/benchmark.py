@@ -68,7 +68,7 @@ class BenchResult:
     warm_up_s: float
     stock_frame_ms: float | None  # the stock diffusers pipeline, batch 1, embedding cached
     keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
-    tuning: str = "fast"  # --compile-tuning
+    tuning: str = "fast"  # --compile-tuning; eager runs have none
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
     # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
     batches: list[BatchResult] = field(default_factory=list)
@@ -154,7 +154,8 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         arch=arch, preset=preset, device=torch.cuda.get_device_name(device) if device.type == "cuda"
         else "cpu", dtype=str(dtype).removeprefix("torch."), mode=engine.mode,
         resolution=resolution, steps=steps, load_s=load_s, warm_up_s=engine.warm_up_seconds,
-        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0, tuning=compile_tuning,
+        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0,
+        tuning=compile_tuning if engine.mode != "eager" else "none (eager)",
         jpeg_encoder=("cpu" if not engine.encodes_jpeg
                       else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
     )

@@ -33,12 +33,20 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
 FrameEncoder = Callable[[torch.Tensor], list[bytes]]
 
 
-def _nvjpeg(device: torch.device, quality: int) -> FrameEncoder | None:
-    """torchvision's nvJPEG encoder, if it is installed and works on this device."""
+def _first_line(exc: Exception) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _nvjpeg(device: torch.device, quality: int) -> FrameEncoder | str:
+    """torchvision's nvJPEG encoder if it is installed and works on this device; else why not.
+    Anything may go wrong here (a torchvision built for another torch fails at import with a
+    RuntimeError; one built without nvJPEG fails at the first encode), and none of it may stop
+    the server from starting: the CPU encodes instead."""
     try:
         from torchvision.io import encode_jpeg as tv_encode_jpeg
-    except ImportError:
-        return None
+    except Exception as exc:
+        return f"torchvision cannot be used: {_first_line(exc)}"
 
     def encode(frames: torch.Tensor) -> list[bytes]:
         # A list of CUDA tensors is one batched call (torchvision's docs).
@@ -47,9 +55,8 @@ def _nvjpeg(device: torch.device, quality: int) -> FrameEncoder | None:
 
     try:
         encode(torch.zeros((1, 3, 16, 16), dtype=torch.uint8, device=device))
-    except RuntimeError as exc:  # a torchvision built without nvJPEG
-        log.info("no JPEG encoding on %s: %s", device, str(exc).splitlines()[0])
-        return None
+    except Exception as exc:
+        return f"torchvision cannot encode on {device}: {_first_line(exc)}"
     return encode
 
 
@@ -65,10 +72,13 @@ def frame_encoder(where: str, device: torch.device, quality: int) -> FrameEncode
         return None
     if device.type == "cuda":
         encoder = _nvjpeg(device, quality)
-        if encoder is None and where == "device":
-            raise ModelLoadError("--jpeg-encode device needs torchvision with nvJPEG on a CUDA "
-                                 "device; use auto or cpu")
-        return encoder
+        if not isinstance(encoder, str):
+            return encoder
+        if where == "device":
+            raise ModelLoadError(f"--jpeg-encode device needs torchvision with nvJPEG ({encoder}); "
+                                 "use auto or cpu")
+        log.info("JPEG frames are encoded on the CPU: %s", encoder)
+        return None
 
     def encode_on_cpu(frames: torch.Tensor) -> list[bytes]:
         return [encode_jpeg(f.permute(1, 2, 0).numpy(), quality) for f in frames]

@@ -178,8 +178,8 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         one = RenderRequest(texts[0], 0, steps, resolution, resolution)
         report = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
         with open(profile_to, "w") as f:
-            f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {engine.mode}, "
-                    f"tuning {compile_tuning}, {result.device}\n\n{report}\n")
+            f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {result.mode}, "
+                    f"tuning {result.tuning}, {result.device}\n\n{report}\n")
     return result
 
 

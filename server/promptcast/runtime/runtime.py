@@ -583,13 +583,16 @@ class Runtime:
             conn.send(error)
 
     def _wants_jpeg(self, job: Job) -> bool:
-        """Whether job's frame will be sent as a JPEG: to the WebSocket, unless the session
-        watches a video track, and to MJPEG viewers. _deliver decides again when the frame is
-        done (and encodes on the CPU if the engine did not)."""
+        """Whether job's frame is to be encoded by the engine, asked before it renders.
+        _deliver decides again when the frame is done (and encodes on the CPU if the engine
+        did not)."""
         conn = self.connections.get(job.session_id)
-        if conn is None:
-            return False
-        return conn.active_video is None or self.viewers.wanted(job.session_id)
+        return conn is not None and self._jpeg_wanted(conn, job.session_id)
+
+    def _jpeg_wanted(self, conn: Connection, session_id: str) -> bool:
+        """A session's frames go as JPEGs to its WebSocket unless it watches a video track,
+        and to its MJPEG viewers."""
+        return conn.active_video is None or self.viewers.wanted(session_id)
 
     async def _deliver(self, job: Job, rendered: Rendered, queue_s: float) -> None:
         conn = self.connections.get(job.session_id)
@@ -604,8 +607,8 @@ class Runtime:
         if video is not None:
             # The video encoder takes the pixels. Metadata goes with the frame.
             video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
-            if not self.viewers.wanted(job.session_id):
-                return  # no JPEG: nobody would see it
+        if not self._jpeg_wanted(conn, job.session_id):
+            return  # no JPEG: nobody would see it
         jpeg = rendered.jpeg  # the engine's (--jpeg-encode), its time already in the timings
         if jpeg is None:
             t0 = time.monotonic()

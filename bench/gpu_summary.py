@@ -9,7 +9,7 @@ from pathlib import Path
 
 def main(paths: list[str]) -> None:
     print("| run | arch | px | steps | mode/tuning | batch | ms/batch | frames/s | UNet ms/step | decode ms "
-          "| JPEG ms (CPU / nvJPEG) | keystroke ms | warm-up s | stock ms | speed-up |")
+          "| JPEG ms (CPU / nvJPEG) | keystroke ms (text) | warm-up s | stock ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -24,7 +24,7 @@ def main(paths: list[str]) -> None:
             print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "
-                  f"| {r['keystroke_to_frame_ms']:.2f} "
+                  f"| {r['keystroke_to_frame_ms']:.2f} ({r.get('text_miss_ms', 0.0):.2f}) "
                   f"| {r['warm_up_s']:.1f} | {stock} | {speed_up} |")
 
 

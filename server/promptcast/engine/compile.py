@@ -1,18 +1,22 @@
-"""The fast path: the UNet and the tiny decoder compiled, and on CUDA captured in graphs.
+"""The fast path: the text encoder(s), the UNet and the tiny decoder compiled, and on CUDA
+captured in graphs.
 
 At batch 1 eager PyTorch spends most of a few-step frame launching kernels (about 3,400 per
-SDXL UNet call). So, once at start-up and never on the hot path:
+SDXL UNet call; the text encoders, which run on every keystroke's new prompt, are as
+launch-bound). So, once at start-up and never on the hot path:
 
-- `torch.compile` (inductor, `fullgraph=True`, `dynamic=False`) fuses the UNet and the
-  decoder into fewer, larger kernels, specialised to each shape bucket;
+- `torch.compile` (inductor, `fullgraph=True`, `dynamic=False`) fuses each of them into fewer,
+  larger kernels, specialised to each shape bucket;
 - on CUDA, each bucket's call is then captured in a CUDA graph with static input buffers
   (the vLLM shape: capture once per batch descriptor, replay after), so a UNet step is one
-  graph launch. All graphs share one memory pool; a caller must consume one replay's output
-  before the next replay, which the render loop does (the scheduler step copies it).
+  graph launch. The graphs of one call (all the UNet's buckets, say) share one memory pool; a
+  caller must consume one replay's output before the next replay, which the render loop does
+  (the scheduler step copies the UNet's; the prompt cache copies the text encoder's).
 
 A bucket is the set of input shapes: resolution x batch size (x 2 with classifier-free
-guidance). `Engine.warm_up` calls every bucket once, so compilation and capture happen
-before /readyz says ready; a shape seen later for the first time would recompile, which the
+guidance); for the text encoder, the batch size alone (token ids are always 77 long).
+`Engine.warm_up` calls every bucket once, so compilation and capture happen before /readyz
+says ready; a shape seen later for the first time would recompile, which the
 tests forbid with `torch._dynamo.config.error_on_recompile`.
 
 Compiled artefacts persist in a cache folder (inductor's FX-graph and autotuning caches), so a
@@ -31,7 +35,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -40,6 +44,7 @@ from promptcast.engine.model_index import ModelLoadError
 log = logging.getLogger(__name__)
 
 Tensors = tuple[torch.Tensor | None, ...]
+Out = TypeVar("Out")  # what a call returns: a tensor, or a tuple of them
 
 
 def default_compile_cache() -> Path:
@@ -89,12 +94,12 @@ def optimise_layout(modules: list[Any], device: torch.device, tuning: str) -> No
         torch.backends.cudnn.benchmark = True
 
 
-class CapturedCall:
+class CapturedCall(Generic[Out]):
     """One shape bucket of `fn`, captured in a CUDA graph. Inputs are copied into static
     buffers, the graph is replayed, and the static output is returned: valid until the next
     replay of any graph in the same pool."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], args: Tensors, pool: Any) -> None:
+    def __init__(self, fn: Callable[..., Out], args: Tensors, pool: Any) -> None:
         self._inputs = tuple(None if a is None else a.clone() for a in args)
         # Warm up on a side stream (compiles, autotunes, allocates), as torch.cuda.graphs asks.
         stream = torch.cuda.Stream()
@@ -107,7 +112,7 @@ class CapturedCall:
         with torch.cuda.graph(self._graph, pool=pool):
             self._output = fn(*self._inputs)
 
-    def __call__(self, args: Tensors) -> torch.Tensor:
+    def __call__(self, args: Tensors) -> Out:
         for static, arg in zip(self._inputs, args, strict=True):
             if static is not None and arg is not None:
                 static.copy_(arg)
@@ -115,29 +120,30 @@ class CapturedCall:
         return self._output
 
 
-class FastCall:
+class FastCall(Generic[Out]):
     """`fn` eager, compiled, or compiled and graph-captured per shape bucket.
 
     mode: "eager" | "compile" | "cuda-graphs" (compile, then capture; CUDA only).
     options: inductor's options for torch.compile (inductor_options).
     """
 
-    def __init__(self, name: str, fn: Callable[..., torch.Tensor], mode: str,
+    def __init__(self, name: str, fn: Callable[..., Out], mode: str,
                  options: dict[str, Any] | None = None) -> None:
         self.name = name
         self.mode = mode
         self._fn = fn if mode == "eager" else torch.compile(
             fn, fullgraph=True, dynamic=False, options=options or None)
-        self._graphs: dict[tuple[object, ...], CapturedCall] = {}
+        self._graphs: dict[tuple[object, ...], CapturedCall[Out]] = {}
         self._pool = torch.cuda.graph_pool_handle() if mode == "cuda-graphs" else None
 
     @staticmethod
     def _bucket(args: Tensors) -> tuple[object, ...]:
         return tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
 
-    def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor | None) -> Out:
         if self.mode != "cuda-graphs":
-            return self._fn(*args)
+            out: Out = self._fn(*args)
+            return out
         graph = self._graphs.get(self._bucket(args))
         if graph is None:  # first call of this bucket: warm-up captures it
             log.info("capturing %s for %s", self.name, self._bucket(args))

@@ -37,21 +37,13 @@ from promptcast.engine.loading import Components, load_components
 from promptcast.engine.model_index import ModelLoadError
 from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
 from promptcast.engine.prompt_cache import LRUCache
+from promptcast.engine.prompts import Conditioning, PromptEncoder
 
 log = logging.getLogger(__name__)
 
 
 class RenderCancelled(Exception):
     """render() stopped early because its `cancelled` callback said so."""
-
-
-@dataclass
-class Conditioning:
-    """A prompt as the UNet takes it. Cached per prompt text."""
-
-    embeds: torch.Tensor  # (1, 77, D) text encoder hidden states
-    pooled: torch.Tensor | None  # (1, P) SDXL's pooled text embedding, else None
-    truncated: bool = False  # the prompt had more tokens than the encoder reads; the rest is ignored
 
 
 @dataclass
@@ -156,18 +148,21 @@ class Engine:
         )
 
     def _prepare_calls(self) -> None:
-        """The UNet and the tiny decoder as the hot path calls them: eager, compiled, or
-        compiled and captured per shape bucket (engine/compile.py)."""
+        """The text encoder(s), the UNet and the tiny decoder as the hot path calls them: eager,
+        compiled, or compiled and captured per shape bucket (engine/compile.py)."""
         cfg = self.config
         self.mode = resolve_mode(cfg.compile, self.device)
         options = inductor_options(cfg.compile_tuning)
         if self.mode != "eager":
             use_compile_cache(Path(cfg.compile_cache) if cfg.compile_cache else default_compile_cache())
             optimise_layout([self.c.unet, self.c.vae], self.device, cfg.compile_tuning)
-            # Every bucket compiles once at warm-up (UNet and decoder calls share one code
-            # object each): make room for this engine's buckets in dynamo's per-code cache.
+            # Every bucket compiles once at warm-up (the text encoder, UNet and decoder calls
+            # share one code object each, across engines): make room for this engine's buckets
+            # in dynamo's per-code cache.
             buckets = len(self.limits.sizes) * len(cfg.batch_sizes)
             torch._dynamo.config.recompile_limit += buckets
+        self.prompts = PromptEncoder(self.c, self.device, self.mode, options, cfg.batch_sizes,
+                                     self.prompt_cache)
         self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options)
         self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.
@@ -196,8 +191,9 @@ class Engine:
         batch_sizes = self.config.batch_sizes if self.mode != "eager" else (1,)
         for width, height in self.limits.sizes:
             for b in batch_sizes:
-                reqs = [RenderRequest("warm-up", i, self.limits.default_steps, width, height)
-                        for i in range(b)]
+                # Prompts new to each batch size: the text encoder's buckets are warmed too.
+                reqs = [RenderRequest(f"warm-up {b}.{i}", i, self.limits.default_steps, width,
+                                      height) for i in range(b)]
                 self.render_batch(reqs)
         self.warm_up_seconds = time.perf_counter() - started
         log.info("warmed up (%s) in %.1f s", self.mode, self.warm_up_seconds)
@@ -257,7 +253,7 @@ class Engine:
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "max_prompt_tokens": int(self.c.tokenizer.model_max_length),
+            "max_prompt_tokens": self.prompts.max_tokens,
             "compile": self.mode,
             "compile_tuning": self.config.compile_tuning,
             "batch_sizes": list(self.config.batch_sizes),
@@ -270,39 +266,12 @@ class Engine:
         timesteps: torch.Tensor = self.scheduler.timesteps
         return timesteps
 
-    def _encode_prompt(self, text: str) -> Conditioning:
-        c = self.c
-        # Counted without truncation (BOS and EOS included), to tell the client what was cut.
-        truncated = len(c.tokenizer(text).input_ids) > c.tokenizer.model_max_length
-        if c.arch == "sd":
-            hidden: torch.Tensor = c.text_encoder(self._tokens(c.tokenizer, text))[0]  # (1, 77, D)
-            return Conditioning(hidden, None, truncated)
-        # SDXL: the penultimate hidden states of both encoders side by side, plus the second
-        # encoder's pooled projection, as StableDiffusionXLPipeline.encode_prompt builds them.
-        out_1 = c.text_encoder(self._tokens(c.tokenizer, text), output_hidden_states=True)
-        out_2 = c.text_encoder_2(self._tokens(c.tokenizer_2, text), output_hidden_states=True)
-        embeds = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)  # (1, 77, D1+D2)
-        return Conditioning(embeds, out_2[0], truncated)  # pooled: (1, P)
-
-    def _tokens(self, tokenizer: Any, text: str) -> torch.Tensor:
-        ids: torch.Tensor = tokenizer(
-            text, padding="max_length", max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        ).input_ids
-        return ids.to(self.device)
-
     def _unconditional(self, like: Conditioning) -> Conditioning:
         """The empty prompt for classifier-free guidance (zeros where SDXL asks for them)."""
         if self.c.arch == "sdxl" and self.c.force_zeros_for_empty_prompt:
             pooled = torch.zeros_like(like.pooled) if like.pooled is not None else None
             return Conditioning(torch.zeros_like(like.embeds), pooled)
-        return self._conditioning("")[0]
-
-    def _conditioning(self, text: str) -> tuple[Conditioning, bool]:
-        # The key names the encoder too, so a cache can never serve another model's embedding.
-        return self.prompt_cache.get_or_compute(
-            (self.c.source, "text_encoder", text), lambda: self._encode_prompt(text)
-        )
+        return self.prompts.lookup([""])[0][0]
 
     def _initial_noise(self, seed: int, height: int, width: int) -> torch.Tensor:
         """(1, C, H/8, W/8). Drawn on the CPU so a seed gives the same picture on any device."""
@@ -402,7 +371,7 @@ class Engine:
         rows = [*reqs, *[reqs[-1]] * (self._padded_batch(len(reqs)) - len(reqs))]
         height, width = first.height, first.width
         t0 = time.perf_counter()
-        looked_up = [self._conditioning(r.text) for r in reqs]
+        looked_up = self.prompts.lookup([r.text for r in reqs])
         conds = [c for c, _ in looked_up] + [looked_up[-1][0]] * (len(rows) - len(reqs))
         embeds = torch.cat([c.embeds for c in conds])  # (B, 77, D)
         pooled_rows = [c.pooled for c in conds if c.pooled is not None]  # SDXL only

@@ -8,9 +8,10 @@
 #   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=560)
 # It prints one table per run and a summary last; the JSON reports land in $OUT.
 #
-# Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed and the
-# most important come first: the default tuning with a kernel profile, the same with tuning off
-# (the side-by-side ratio), SDXL, then max-autotune if time is left.
+# Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed (and
+# capped by what is left of 540 s) and the most important come first: SD-Turbo with a kernel
+# profile, SDXL compiled by blocks and then whole (the side-by-side of the two scopes), then
+# tuning off and max-autotune if time is left.
 set -uo pipefail
 OUT=${OUT:-/tmp/promptcast-gpu}
 mkdir -p "$OUT"
@@ -24,30 +25,36 @@ CACHE=/tmp/promptcast-compile
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
-bench() {  # name, seconds allowed, then promptcast bench arguments
-  local name=$1 limit=$2; shift 2
+bench() {  # name, seconds allowed (capped by what is left of the call), then bench arguments
+  local name=$1 limit=$2 cache=$CACHE; shift 2
+  local left=$((540 - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 60 ]; then echo "== $name: skipped, ${left} s left"; return; fi
+  [[ " $* " == *" --compile-scope blocks "* ]] && cache=$CACHE-blocks  # its own, truly cold
   echo "== $name (at most ${limit} s): $*"
   timeout "$limit" python3 -m promptcast bench --random-weights --device cuda --dtype float16 \
-    --compile-cache "$CACHE" --iterations 30 --json "$OUT/$name.json" "$@" 2>&1 \
+    --compile-cache "$cache" --iterations 30 --json "$OUT/$name.json" "$@" 2>&1 \
     | grep -v -e '^Loading' -e 'it/s]' | tee -a "$OUT/log.txt"
   echo "== $name: exit ${PIPESTATUS[0]} after $SECONDS s in all"
 }
 # The device budget is 15 minutes a session, start included: one call of at most 9 minutes.
 # SD-Turbo (SD 2.1) 512 px, 1 step, CUDA graphs, default tuning (cuDNN benchmark, 1x1
-# convolutions as matmuls), nvJPEG in the engine, against stock diffusers; where the time goes.
+# convolutions as matmuls), text encoder captured too, nvJPEG in the engine, against stock
+# diffusers; where the time goes.
 bench sd21-fast 200 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
   --compile-tuning fast --profile "$OUT/profile-sd21.md"
-# ... the same with inductor's defaults (what the first GPU run measured): the ratio.
+# SDXL 1024 px, 1 step, batch 1 and 4, compiled by blocks (the shorter cold start), against
+# stock diffusers; where the time goes.
+bench sdxl-blocks 170 --arch sdxl --resolution 1024 --steps 1 --batch 1,4 --compile cuda-graphs \
+  --compile-tuning fast --compile-scope blocks --profile "$OUT/profile-sdxl.md"
+# ... and compiled whole, batch 1, cold: the side-by-side of the two scopes (start-up, ms/frame).
+bench sdxl-whole 160 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
+  --compile-tuning fast --no-stock
+# If time is left: SD-Turbo with inductor's defaults (what the first GPU run measured), then
+# max-autotune (its cold compile is the longest).
 bench sd21-off 120 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
   --compile-tuning off --no-stock
-# SDXL 1024 px, 1 step, batch 1 and 4, against stock diffusers; where the time goes.
-bench sdxl-fast 190 --arch sdxl --resolution 1024 --steps 1 --batch 1,4 --compile cuda-graphs \
-  --compile-tuning fast --profile "$OUT/profile-sdxl.md"
-# max-autotune, if the box has time left (its cold compile is the longest).
-left=$((540 - SECONDS))
-if [ "$left" -gt 60 ]; then
-  bench sd21-max "$left" --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
-    --compile-tuning max --no-stock
-fi
+bench sd21-max 300 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
+  --compile-tuning max --no-stock
 cat "$OUT"/profile-*.md 2>/dev/null | head -80
 python3 bench/gpu_summary.py "$OUT"/*.json | tee "$OUT/summary.md"

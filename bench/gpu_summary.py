@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def main(paths: list[str]) -> None:
-    print("| run | arch | px | steps | mode/tuning | batch | ms/batch | frames/s | UNet ms/step | decode ms "
-          "| JPEG ms (CPU / nvJPEG) | keystroke ms (text) | warm-up s | stock ms | speed-up |")
+    print("| run | arch | px | steps | mode/tuning/scope | batch | ms/batch | frames/s | UNet ms/step "
+          "| decode ms | JPEG ms (CPU / nvJPEG) | keystroke ms (text) | warm-up s | stock ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -20,7 +20,7 @@ def main(paths: list[str]) -> None:
             # engine_encode_ms: JPEG in the engine (nvJPEG); gpu_encode_ms in the first run's files
             on_gpu = b.get("engine_encode_ms", b.get("gpu_encode_ms"))
             nvjpeg = f"{on_gpu:.2f}" if on_gpu is not None else "-"
-            mode = f"{r['mode']}/{r.get('tuning', 'off')}"
+            mode = f"{r['mode']}/{r.get('tuning', 'off')}/{r.get('scope', 'whole')}"
             print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "

@@ -259,6 +259,9 @@ def add_parser(sub: Any) -> None:
     o.add("--compile-tuning", "PROMPTCAST_BENCH_COMPILE_TUNING", "fast",
           "how hard the compiler tunes: off, fast or max (as promptcast serve)",
           choices=["off", "fast", "max"])
+    o.add("--compile-scope", "PROMPTCAST_BENCH_COMPILE_SCOPE", "whole",
+          "what the compiler compiles: whole models or their repeated blocks (as promptcast serve)",
+          choices=["whole", "blocks"])
     o.add("--dtype", "PROMPTCAST_BENCH_DTYPE", "auto", "auto (float16 on GPU, float32 on CPU), "
           "float32, float16 or bfloat16", choices=["auto", "float32", "float16", "bfloat16"])
     o.add("--iterations", "PROMPTCAST_BENCH_ITERATIONS", 20, "timed repetitions per measurement",
@@ -285,7 +288,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     result = benchmark.run(
         args.arch, args.device, args.dtype, args.resolution or NATIVE_RESOLUTION[args.arch],
         args.steps or 1, args.batch, args.compile, args.iterations, not args.no_stock,
-        args.compile_cache, args.compile_tuning, args.profile, args.jpeg_encode,
+        args.compile_cache, args.compile_tuning, args.profile, args.jpeg_encode, args.compile_scope,
     )
     print(benchmark.table(result))
     if args.json:

@@ -80,9 +80,9 @@ def _serve_parser(sub: Any) -> None:
           "same size and steps share one batch; each size is a compiled/captured shape bucket "
           "(1 alone turns batching off)", type=parse_batch_sizes)
     o.add("--compile", "PROMPTCAST_COMPILE", "auto",
-          "how the UNet and the tiny decoder run: eager; compile (torch.compile, every size and "
-          "batch size at start-up); cuda-graphs (compile, then capture each bucket in a CUDA "
-          "graph); auto: cuda-graphs on CUDA, eager on CPU",
+          "how the text encoders, the UNet and the tiny decoder run: eager; compile "
+          "(torch.compile, every size and batch size at start-up); cuda-graphs (compile, then "
+          "capture each bucket in a CUDA graph); auto: cuda-graphs on CUDA, eager on CPU",
           choices=["auto", "eager", "compile", "cuda-graphs"])
     o.add("--compile-cache", "PROMPTCAST_COMPILE_CACHE", None,
           "folder where compiled kernels persist, so restarts skip most compiling "
@@ -91,6 +91,11 @@ def _serve_parser(sub: Any) -> None:
           "how hard the compiler tunes: off (its defaults); fast (cuDNN picks each convolution's "
           "fastest algorithm, 1x1 convolutions as matmuls); max (also autotunes every matmul and "
           "convolution: minutes more of cold start, cached)", choices=["off", "fast", "max"])
+    o.add("--compile-scope", "PROMPTCAST_COMPILE_SCOPE", "whole",
+          "what the compiler compiles: whole (each model as one graph: most fusion, longest cold "
+          "start) or blocks (each distinct ResNet, transformer and text-encoder layer once, "
+          "reused by every layer of its shape: a much shorter cold start); either is captured "
+          "whole in CUDA graphs", choices=["whole", "blocks"])
     o.add("--prompt-cache-size", "PROMPTCAST_PROMPT_CACHE_SIZE", 256,
           "prompt embeddings kept in the LRU cache", type=positive_int)
     o.add("--cpu-threads", "PROMPTCAST_CPU_THREADS", 1,
@@ -177,7 +182,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             name: getattr(args, name)
             for name in ("device", "dtype", "guidance", "max_steps", "sizes", "size",
                          "prompt_cache_size", "cpu_threads", "batch_sizes", "compile",
-                         "compile_cache", "compile_tuning", "jpeg_encode")
+                         "compile_cache", "compile_tuning", "compile_scope", "jpeg_encode")
             if hasattr(args, name)
         },
         **({"jpeg_quality": min(args.jpeg_quality, 95)} if hasattr(args, "jpeg_quality") else {}),

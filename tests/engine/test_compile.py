@@ -98,14 +98,13 @@ def test_a_padded_batch_gives_each_request_its_own_frame(compiled: Engine) -> No
 
 def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from promptcast.cli import main
 
-    # A second engine in this process compiles its own calls (from the shared cache folder).
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", False)
     out, kernels = tmp_path / "bench.json", tmp_path / "profile.md"
-    with pytest.raises(SystemExit) as exited:
+    # A second engine in this process compiles its own calls (from the shared cache folder).
+    # (config.patch, not monkeypatch: monkeypatch's undo deletes a dynamo config entry.)
+    with pytest.raises(SystemExit) as exited, torch._dynamo.config.patch(error_on_recompile=False):
         main(["bench", "--arch", "tiny", "--random-weights", "--device", "cpu", "--resolution",
               str(SIZE), "--steps", "2", "--batch", "1,4", "--compile", "compile",
               "--compile-cache", str(cache_dir), "--iterations", "3", "--json", str(out),
@@ -117,7 +116,8 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     # The profile of the compiled frames. (On a CPU the profiler sees the operators inductor
     # calls out to, such as the convolutions, but not its own generated C++ kernels.)
     profile = kernels.read_text()
-    assert profile.startswith(f"tiny {SIZE}x{SIZE}, 2 step(s), batch 1, mode compile, tuning fast")
+    assert profile.startswith(
+        f"tiny {SIZE}x{SIZE}, 2 step(s), batch 1, mode compile, tuning fast, scope whole")
     assert "| category | ms/frame | share |" in profile and "| convolution |" in profile
     assert [b["batch"] for b in report["batches"]] == [1, 4]
     for b in report["batches"]:
@@ -135,3 +135,51 @@ def test_arch_without_random_weights_is_refused(capsys: pytest.CaptureFixture[st
         main(["bench", "--arch", "sdxl"])
     assert exited.value.code == 2
     assert "--random-weights" in capsys.readouterr().err
+
+
+def blocks_of(eng: Engine) -> list[torch.nn.Module]:
+    """The blocks --compile-scope blocks compiles, in the order the engine's models hold them."""
+    from promptcast.engine.compile import REPEATED_BLOCKS
+
+    models = [eng.c.unet, eng.c.text_encoder]
+    return [m for model in models for m in model.modules() if type(m).__name__ in REPEATED_BLOCKS]
+
+
+def test_blocks_scope_compiles_each_distinct_block_once_and_never_recompiles(
+    engine: Engine, tmp_path: Path,
+) -> None:
+    from torch._dynamo.utils import counters
+
+    # What the eager engine (the same model) calls its blocks with: the distinct shapes to
+    # compile. (One batch size keeps this test short; the whole-scope tests cover batches.)
+    seen: set[tuple[object, ...]] = set()
+
+    def record(m: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        inputs = [*args, *(kwargs[k] for k in sorted(kwargs))]
+        seen.add((type(m).__name__, *(tuple(a.shape) if isinstance(a, torch.Tensor) else a
+                                       for a in inputs)))
+
+    hooks = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks_of(engine)]
+    engine.render_batch(reqs(1, text="shapes"))
+    for hook in hooks:
+        hook.remove()
+
+    eng = Engine(EngineConfig(compile="compile", compile_scope="blocks", sizes=((SIZE, SIZE),),
+                              size=(SIZE, SIZE), batch_sizes=(1,), compile_cache=str(tmp_path)))
+    with torch._dynamo.config.patch(error_on_recompile=False):  # a new engine compiles
+        eng.load()
+        before = counters["stats"]["unique_graphs"]
+        eng.warm_up()
+        graphs = counters["stats"]["unique_graphs"] - before
+    assert eng.model_info()["compile_scope"] == "blocks"
+    # At most a graph per distinct block shape, each reused by every block of that shape, plus
+    # one for the tiny decoder, compiled whole (none where an engine before this one in the
+    # process compiled the same decoder: dynamo reuses it too). Without that reuse there would
+    # be a graph per block.
+    assert len(seen) < len(blocks_of(eng))
+    assert 0 < graphs <= len(seen) + 1
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for request in reqs(2, text="new prompts, new seeds"):
+            fast = eng.render(request).pixels.astype(int)
+            slow = engine.render(request).pixels.astype(int)
+            assert np.abs(fast - slow).mean() < 0.5

@@ -61,3 +61,13 @@ def test_tuning_levels_compile_to_the_same_function() -> None:
         # "max" autotunes inductor's templates: each option must exist in this torch's inductor.
         tuned = FastCall("max", fn, "compile", inductor_options("max"))(x)
         assert torch.allclose(tuned, fn(x), atol=1e-5)
+
+
+def test_compile_scope_goes_from_the_command_line_to_the_engine() -> None:
+    from promptcast.cli import build_parser, engine_config_from_args
+    from promptcast.config import EngineConfig
+
+    args = build_parser().parse_args(["serve", "--compile-scope", "blocks"])
+    assert engine_config_from_args(args).compile_scope == "blocks"
+    with pytest.raises(ModelLoadError, match="unknown compile scope 'layers'; one of whole, blocks"):
+        Engine(EngineConfig(compile="compile", compile_scope="layers")).load()

@@ -33,6 +33,8 @@ async def test_hello_describes_protocol_model_and_limits(server: Server) -> None
     assert model["steps"] == {"default": 2, "allowed": [1, 2, 3, 4, 5, 6, 7, 8]}
     assert model["sizes"]["default"] == [64, 64]
     assert [64, 64] in model["sizes"]["allowed"]
+    assert (model["compile"], model["compile_tuning"], model["compile_scope"]) == (
+        "eager", "fast", "whole")
     assert hello["limits"]["max_message_bytes"] == 16384
 
 
@@ -237,7 +239,7 @@ class FlakyEngine(Engine):
         if reqs[0].text == "hold":
             self.holding.set()
             assert self.release.wait(20)
-        if reqs[0].text not in ("hold", "warm-up"):
+        if reqs[0].text != "hold" and not reqs[0].text.startswith("warm-up"):
             self.batches.append([r.text for r in reqs])
         if any(r.text == "boom" for r in reqs):
             raise RuntimeError("simulated device fault")

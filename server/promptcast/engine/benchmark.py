@@ -70,6 +70,7 @@ class BenchResult:
     keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
     text_miss_ms: float = 0.0  # of that, the text encode (a cache miss: the text encoder runs)
     tuning: str = "fast"  # --compile-tuning; eager runs have none
+    scope: str = "whole"  # --compile-scope
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
     # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
     batches: list[BatchResult] = field(default_factory=list)
@@ -122,7 +123,8 @@ def time_stock(components: Any, resolution: int, steps: int, guidance: float,
 def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: int,
         batches: Sequence[int], compile_mode: str, iterations: int, stock: bool,
         compile_cache: str | None = None, compile_tuning: str = "fast",
-        profile_to: str | None = None, jpeg_encode: str = "auto") -> BenchResult:
+        profile_to: str | None = None, jpeg_encode: str = "auto",
+        compile_scope: str = "whole") -> BenchResult:
     """`profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there."""
     torch.manual_seed(0)
     device = resolve_device(device_name)
@@ -132,7 +134,8 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         preset=preset, device=str(device), dtype=dtype_name, steps=steps, guidance=guidance,
         sizes=((resolution, resolution),), size=(resolution, resolution),
         batch_sizes=tuple(sorted(set(batches) | {1})), compile=compile_mode,
-        compile_cache=compile_cache, compile_tuning=compile_tuning, jpeg_encode=jpeg_encode,
+        compile_cache=compile_cache, compile_tuning=compile_tuning, compile_scope=compile_scope,
+        jpeg_encode=jpeg_encode,
     )
     if device.type == "cpu":  # as the engine will: the stock pipeline gets the same threads
         torch.set_num_threads(config.cpu_threads)
@@ -156,7 +159,7 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         else "cpu", dtype=str(dtype).removeprefix("torch."), mode=engine.mode,
         resolution=resolution, steps=steps, load_s=load_s, warm_up_s=engine.warm_up_seconds,
         stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0,
-        tuning=compile_tuning if engine.mode != "eager" else "none (eager)",
+        tuning=compile_tuning if engine.mode != "eager" else "none (eager)", scope=compile_scope,
         jpeg_encoder=("cpu" if not engine.encodes_jpeg
                       else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
     )
@@ -182,7 +185,7 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         report = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
         with open(profile_to, "w") as f:
             f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {result.mode}, "
-                    f"tuning {result.tuning}, {result.device}\n\n{report}\n")
+                    f"tuning {result.tuning}, scope {result.scope}, {result.device}\n\n{report}\n")
     return result
 
 
@@ -213,7 +216,7 @@ def table(r: BenchResult) -> str:
     speed_up = r.speed_up()
     lines = [
         f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.steps} step(s), {r.device}, "
-        f"{r.dtype}, mode {r.mode}, tuning {r.tuning}: load {r.load_s:.1f} s, "
+        f"{r.dtype}, mode {r.mode}, tuning {r.tuning}, scope {r.scope}: load {r.load_s:.1f} s, "
         f"warm-up (compile/capture) {r.warm_up_s:.1f} s",
         "| batch | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
         "|---|---|---|---|---|---|---|",

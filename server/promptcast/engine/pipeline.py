@@ -23,7 +23,9 @@ from promptcast.config import EngineConfig
 from promptcast.core.limits import Limits
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.compile import (
+    SCOPES,
     FastCall,
+    compile_blocks,
     decoder_call,
     default_compile_cache,
     inductor_options,
@@ -153,6 +155,9 @@ class Engine:
         cfg = self.config
         self.mode = resolve_mode(cfg.compile, self.device)
         options = inductor_options(cfg.compile_tuning)
+        if cfg.compile_scope not in SCOPES:
+            raise ModelLoadError(f"unknown compile scope {cfg.compile_scope!r}; one of {', '.join(SCOPES)}")
+        whole = cfg.compile_scope == "whole"
         if self.mode != "eager":
             use_compile_cache(Path(cfg.compile_cache) if cfg.compile_cache else default_compile_cache())
             optimise_layout([self.c.unet, self.c.vae], self.device, cfg.compile_tuning)
@@ -161,9 +166,16 @@ class Engine:
             # in dynamo's per-code cache.
             buckets = len(self.limits.sizes) * len(cfg.batch_sizes)
             torch._dynamo.config.recompile_limit += buckets
+            if not whole:
+                # Compiled blocks all share one code object (nn.Module._call_impl): room for
+                # every block at every bucket, at most.
+                encoders = [m for m in (self.c.text_encoder, self.c.text_encoder_2) if m is not None]
+                blocks = sum(compile_blocks(m, options) for m in (self.c.unet, *encoders))
+                torch._dynamo.config.recompile_limit += blocks * buckets
+                torch._dynamo.config.accumulated_recompile_limit += blocks * buckets
         self.prompts = PromptEncoder(self.c, self.device, self.mode, options, cfg.batch_sizes,
-                                     self.prompt_cache)
-        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options)
+                                     self.prompt_cache, whole)
+        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options, whole)
         self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.
         self._full_decoder = (
@@ -256,6 +268,7 @@ class Engine:
             "max_prompt_tokens": self.prompts.max_tokens,
             "compile": self.mode,
             "compile_tuning": self.config.compile_tuning,
+            "compile_scope": self.config.compile_scope,
             "batch_sizes": list(self.config.batch_sizes),
         }
 

@@ -59,17 +59,18 @@ class PromptEncoder:
     """Texts -> Conditioning, from the cache or from one batched call of the text encoder(s).
 
     `mode` and `options` are the engine's (FastCall); `batch_sizes` are its buckets: a batch of
-    misses is padded to the smallest that holds it (eager calls are not padded). `cache` holds
+    misses is padded to the smallest that holds it (eager calls are not padded); `whole` is
+    FastCall's (False: the encoders' layers were compiled in place). `cache` holds
     the embeddings (the engine's, whose hit and miss counts go to /metrics). Call from the
     engine thread."""
 
     def __init__(self, c: Components, device: torch.device, mode: str,
                  options: dict[str, Any], batch_sizes: Sequence[int],
-                 cache: LRUCache[Conditioning]) -> None:
+                 cache: LRUCache[Conditioning], whole: bool = True) -> None:
         self._c = c
         self._device = device
         self._tokenizers = [c.tokenizer] if c.arch == "sd" else [c.tokenizer, c.tokenizer_2]
-        self._call = FastCall("text encoder", text_encoder_call(c), mode, options)
+        self._call = FastCall("text encoder", text_encoder_call(c), mode, options, whole)
         self._buckets = sorted(batch_sizes) if mode != "eager" else []
         self.cache = cache
 

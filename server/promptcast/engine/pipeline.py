@@ -40,6 +40,7 @@ from promptcast.engine.model_index import ModelLoadError
 from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
 from promptcast.engine.prompt_cache import LRUCache
 from promptcast.engine.prompts import Conditioning, PromptEncoder
+from promptcast.engine.stage_clock import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -336,10 +337,6 @@ class Engine:
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
         return ids.repeat(rows, 1).to(self.device)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def refine_steps(self, requested: int | None) -> int:
         """Steps for refined frames: `requested`, or about twice the default, among the step
         counts the model supports (a one-step-count checkpoint keeps its own)."""
@@ -383,7 +380,8 @@ class Engine:
         # Compiled and captured calls exist per batch size: pad with copies of the last request.
         rows = [*reqs, *[reqs[-1]] * (self._padded_batch(len(reqs)) - len(reqs))]
         height, width = first.height, first.width
-        t0 = time.perf_counter()
+        clock = StageClock(self.device)
+        clock.mark()
         looked_up = self.prompts.lookup([r.text for r in reqs])
         conds = [c for c, _ in looked_up] + [looked_up[-1][0]] * (len(rows) - len(reqs))
         embeds = torch.cat([c.embeds for c in conds])  # (B, 77, D)
@@ -395,8 +393,7 @@ class Engine:
             if pooled is not None and uncond.pooled is not None:
                 pooled = torch.cat([uncond.pooled.expand_as(pooled), pooled])  # (2B, P)
         time_ids = None if pooled is None else self._time_ids(height, width, len(pooled))
-        self._sync()
-        t1 = time.perf_counter()
+        clock.mark()
 
         # Schedulers that re-noise between steps (LCM, ancestral Euler) draw from these
         # generators, one per row, so that part of the picture is stable per seed too.
@@ -418,28 +415,23 @@ class Engine:
                 pred_uncond, pred_text = pred.chunk(2)
                 pred = pred_uncond + self.cfg_scale * (pred_text - pred_uncond)
             latents = self.scheduler.step(pred, t, latents, generator=gens).prev_sample
-        self._sync()
-        t2 = time.perf_counter()
+        clock.mark()
 
         if cancelled is not None and cancelled():
             raise RenderCancelled
         frames = self._decode(latents, first.full_vae)[: len(reqs)]  # (n, 3, H, W) uint8
-        self._sync()
-        t3 = time.perf_counter()
+        clock.mark()
         wanted = [i for i in range(len(reqs)) if i < len(jpeg) and jpeg[i]]
         jpegs: list[bytes | None] = [None] * len(reqs)
         if self._jpeg is not None and wanted:
             for i, data in zip(wanted, self._jpeg(frames[wanted]), strict=True):
                 jpegs[i] = data
-        t4 = time.perf_counter()
+        clock.mark()
         pixels: np.ndarray = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (n, H, W, 3)
-        timings = {
-            "text_encode_ms": (t1 - t0) * 1e3,
-            "denoise_ms": (t2 - t1) * 1e3,
-            "decode_ms": (t3 - t2) * 1e3,
-        }
+        text_ms, denoise_ms, decode_ms, encode_ms = clock.stages_ms()
+        timings = {"text_encode_ms": text_ms, "denoise_ms": denoise_ms, "decode_ms": decode_ms}
         if any(j is not None for j in jpegs):
-            timings["encode_ms"] = (t4 - t3) * 1e3
+            timings["encode_ms"] = encode_ms
         return [
             Rendered(p, dict(timings), hit, len(reqs), cond.truncated, j)
             for p, (cond, hit), j in zip(pixels, looked_up, jpegs, strict=True)

@@ -93,8 +93,8 @@ def _serve_parser(sub: Any) -> None:
           "convolution: minutes more of cold start, cached)", choices=["off", "fast", "max"])
     o.add("--compile-scope", "PROMPTCAST_COMPILE_SCOPE", "whole",
           "what the compiler compiles: whole (each model as one graph: most fusion, longest cold "
-          "start) or blocks (each distinct ResNet, transformer and text-encoder layer once, "
-          "reused by every layer of its shape: a much shorter cold start); either is captured "
+          "start) or blocks (each distinct ResNet and transformer block of the UNet once, "
+          "reused by every block of its shape: a shorter cold start); either is captured "
           "whole in CUDA graphs", choices=["whole", "blocks"])
     o.add("--prompt-cache-size", "PROMPTCAST_PROMPT_CACHE_SIZE", 256,
           "prompt embeddings kept in the LRU cache", type=positive_int)

@@ -100,3 +100,22 @@ def test_cached_embeddings_do_not_share_the_batch_they_were_encoded_in(engine: E
     (a, _), (b, _) = fresh_encoder(engine).lookup(["first of two", "second of two"])
     assert a.embeds.untyped_storage().data_ptr() != b.embeds.untyped_storage().data_ptr()
     assert a.embeds.untyped_storage().nbytes() == a.embeds.numel() * a.embeds.element_size()
+
+
+def test_a_text_encoder_that_cannot_compile_runs_eager(
+    engine: Engine, caplog: pytest.LogCaptureFixture,
+) -> None:
+    encoder = fresh_encoder(engine)
+
+    class Uncompilable:
+        mode = "cuda-graphs"
+
+        def __call__(self, *ids: torch.Tensor) -> Any:
+            raise torch._dynamo.exc.Unsupported("Dynamo does not know how to trace this")
+
+    encoder._call = Uncompilable()  # type: ignore[assignment]
+    with caplog.at_level("WARNING"):
+        (cond, hit), = encoder.lookup(["a prompt for an eager encoder"])
+    assert not hit and same(cond, fresh_encoder(engine).lookup(["a prompt for an eager encoder"])[0][0])
+    assert "the text encoder could not be compiled (Dynamo does not know how to trace this)" in caplog.text
+    assert encoder._call.mode == "eager"

@@ -66,14 +66,16 @@ def use_compile_cache(folder: Path) -> None:
 TUNINGS = ("off", "fast", "max")
 SCOPES = ("whole", "blocks")
 
-# The blocks a diffusion UNet and a CLIP text encoder are stacks of. `--compile-scope blocks`
-# compiles these instead of the whole model ("regional compilation"): dynamo compiles a block
-# once per distinct input shape and every instance of the same shape reuses the code (with
-# inbuilt nn modules inlined, their weights are graph inputs), so SDXL's 70 transformer blocks
-# compile as a handful. Cold start falls with the number of distinct blocks rather than the
-# model's depth. What it gives up is fusion across a block's edges; the Python between
-# blocks costs nothing once the whole call is captured in a CUDA graph.
-REPEATED_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock", "CLIPEncoderLayer")
+# The blocks a diffusion UNet is a stack of. `--compile-scope blocks` compiles these instead of
+# the whole UNet ("regional compilation"): dynamo compiles a block once per distinct input
+# shape and every instance of the same shape reuses the code (with inbuilt nn modules inlined,
+# their weights are graph inputs), so SDXL's 70 transformer blocks compile as a handful. Cold
+# start falls with the number of distinct blocks rather than the model's depth. What it gives
+# up is fusion across a block's edges; the Python between blocks costs nothing once the whole
+# call is captured in a CUDA graph. (Not CLIP's encoder layers: transformers records hidden
+# states with hooks that read a ContextVar, which dynamo cannot trace inside a layer compiled
+# on its own. The text encoders are compiled whole in either scope.)
+REPEATED_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")
 
 
 def inductor_options(tuning: str) -> dict[str, Any]:

@@ -170,12 +170,11 @@ class Engine:
             if not whole:
                 # Compiled blocks all share one code object (nn.Module._call_impl): room for
                 # every block at every bucket, at most.
-                encoders = [m for m in (self.c.text_encoder, self.c.text_encoder_2) if m is not None]
-                blocks = sum(compile_blocks(m, options) for m in (self.c.unet, *encoders))
+                blocks = compile_blocks(self.c.unet, options)
                 torch._dynamo.config.recompile_limit += blocks * buckets
                 torch._dynamo.config.accumulated_recompile_limit += blocks * buckets
         self.prompts = PromptEncoder(self.c, self.device, self.mode, options, cfg.batch_sizes,
-                                     self.prompt_cache, whole)
+                                     self.prompt_cache)
         self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options, whole)
         self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.

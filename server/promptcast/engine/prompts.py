@@ -11,6 +11,7 @@ padded to a bucket.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ import torch
 from promptcast.engine.compile import FastCall
 from promptcast.engine.loading import Components
 from promptcast.engine.prompt_cache import LRUCache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,18 +62,25 @@ class PromptEncoder:
     """Texts -> Conditioning, from the cache or from one batched call of the text encoder(s).
 
     `mode` and `options` are the engine's (FastCall); `batch_sizes` are its buckets: a batch of
-    misses is padded to the smallest that holds it (eager calls are not padded); `whole` is
-    FastCall's (False: the encoders' layers were compiled in place). `cache` holds
+    misses is padded to the smallest that holds it (eager calls are not padded). `cache` holds
     the embeddings (the engine's, whose hit and miss counts go to /metrics). Call from the
     engine thread."""
 
     def __init__(self, c: Components, device: torch.device, mode: str,
                  options: dict[str, Any], batch_sizes: Sequence[int],
-                 cache: LRUCache[Conditioning], whole: bool = True) -> None:
+                 cache: LRUCache[Conditioning]) -> None:
         self._c = c
         self._device = device
         self._tokenizers = [c.tokenizer] if c.arch == "sd" else [c.tokenizer, c.tokenizer_2]
-        self._call = FastCall("text encoder", text_encoder_call(c), mode, options, whole)
+        call = text_encoder_call(c)
+        if mode != "eager":
+            # One eager call first: transformers sets up its hidden-state recording (SDXL asks
+            # for the penultimate layer's) on the first call, under a lock dynamo cannot trace.
+            with torch.inference_mode():
+                call(*[torch.zeros(1, self.max_tokens, dtype=torch.long, device=device)
+                       for _ in self._tokenizers])
+        self._eager = call
+        self._call = FastCall("text encoder", call, mode, options)
         self._buckets = sorted(batch_sizes) if mode != "eager" else []
         self.cache = cache
 
@@ -123,7 +133,18 @@ class PromptEncoder:
         rows = min((b for b in self._buckets if b >= len(texts)), default=len(texts))
         padded = [*texts, *[texts[-1]] * (rows - len(texts))]
         ids = [self._tokens(tokenizer, padded) for tokenizer in self._tokenizers]
-        embeds, pooled = self._call(*ids)  # (rows, 77, D), (rows, P) | None
+        try:
+            embeds, pooled = self._call(*ids)  # (rows, 77, D), (rows, P) | None
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if self._call.mode == "eager":
+                raise
+            # A text encoder this torch cannot compile (another transformers version may trace
+            # differently) costs a few ms a new prompt; it must not stop the server. The first
+            # call of each bucket is at warm-up, so this happens before /readyz says ready.
+            log.warning("the text encoder could not be compiled (%s); it runs eager",
+                        str(exc).splitlines()[0])
+            self._call = FastCall("text encoder", self._eager, "eager")
+            embeds, pooled = self._call(*ids)
         # Counted without truncation (BOS and EOS included), to tell the client what was cut.
         lengths = [len(tokens) for tokens in self._c.tokenizer(texts).input_ids]
         # Row copies: a captured call's outputs are overwritten by its next replay, and a cached

@@ -25,7 +25,7 @@ class EngineConfig:
     compile: str = "auto"  # auto (cuda-graphs on CUDA, eager on CPU) | eager | compile | cuda-graphs
     compile_cache: str | None = None  # folder for compiled kernels; None: ~/.cache/promptcast/torch-compile
     compile_tuning: str = "fast"  # off | fast | max: how hard inductor tunes (engine/compile.py)
-    compile_scope: str = "whole"  # whole | blocks: compile whole models or their repeated blocks
+    compile_scope: str = "whole"  # whole | blocks: compile the UNet whole or by its repeated blocks
     jpeg_quality: int = 85
     jpeg_encode: str = "auto"  # auto | device | cpu: who encodes JPEGs (engine/image.py)
 

@@ -16,8 +16,8 @@ launch-bound). So, once at start-up and never on the hot path:
 A bucket is the set of input shapes: resolution x batch size (x 2 with classifier-free
 guidance); for the text encoder, the batch size alone (token ids are always 77 long).
 `Engine.warm_up` calls every bucket once, so compilation and capture happen before /readyz
-says ready; a shape seen later for the first time would recompile, which the
-tests forbid with `torch._dynamo.config.error_on_recompile`.
+says ready; a shape seen later for the first time would recompile, which the tests forbid with
+`torch._dynamo.config.error_on_recompile`.
 
 Compiled artefacts persist in a cache folder (inductor's FX-graph and autotuning caches), so a
 restart of the same model on the same machine skips most of the compile time.

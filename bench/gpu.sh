@@ -40,7 +40,8 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 # The device budget is 15 minutes a session, start included: one call of at most 9 minutes.
 # A cold compile is most of each step (the last GPU run: about 128 s for SDXL's UNet at one
 # bucket; SD-Turbo's two buckets did not finish in 150 s), and a step cut off by its limit
-# leaves no report, so the limits are generous and the order is by importance.
+# leaves only what it measured before (its JSON is rewritten after each measurement and marked
+# "(cut off)" in the summary), so the limits are generous and the order is by importance.
 # 1. SD-Turbo (SD 2.1) 512 px, 1 step, batch 1 and 4, CUDA graphs, default tuning (cuDNN
 #    benchmark, 1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine,
 #    against stock diffusers; where the time goes.

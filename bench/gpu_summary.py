@@ -21,7 +21,8 @@ def main(paths: list[str]) -> None:
             on_gpu = b.get("engine_encode_ms", b.get("gpu_encode_ms"))
             nvjpeg = f"{on_gpu:.2f}" if on_gpu is not None else "-"
             mode = f"{r['mode']}/{r.get('tuning', 'off')}/{r.get('scope', 'whole')}"
-            print(f"| {Path(path).stem} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
+            name = Path(path).stem + ("" if r.get("complete", True) else " (cut off)")
+            print(f"| {name} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "
                   f"| {r['keystroke_to_frame_ms']:.2f} ({r.get('text_miss_ms', 0.0):.2f}) "

@@ -236,7 +236,8 @@ def add_parser(sub: Any) -> None:
     o.add("--steps", "PROMPTCAST_BENCH_STEPS", None, "steps to ask for", type=positive_int)
     o.add("--model", "PROMPTCAST_BENCH_MODEL", None, "model for the local server")
     o.add("--device", "PROMPTCAST_BENCH_DEVICE", "auto", "device for the local server")
-    o.add("--json", "PROMPTCAST_BENCH_JSON", None, "also write the report as JSON to this file")
+    o.add("--json", "PROMPTCAST_BENCH_JSON", None, "also write the report as JSON to this file "
+          "(with --arch, rewritten after each measurement; \"complete\" says whether all ran)")
     p.add_argument("--text", action="append", help="a prompt to type (repeatable)")
     engine = p.add_argument_group(
         "engine benchmark", "with --arch: the engine alone on a real architecture with random "
@@ -285,15 +286,19 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         print("--arch needs --random-weights (real weights are benchmarked with a running server: "
               "promptcast bench --url or --model)", file=sys.stderr)
         return 2
+    def write(result: benchmark.BenchResult) -> None:
+        if args.json:  # after each measurement too: a run cut off by a time limit leaves those
+            with open(args.json, "w") as f:
+                f.write(benchmark.to_json(result))
+
     result = benchmark.run(
         args.arch, args.device, args.dtype, args.resolution or NATIVE_RESOLUTION[args.arch],
         args.steps or 1, args.batch, args.compile, args.iterations, not args.no_stock,
         args.compile_cache, args.compile_tuning, args.profile, args.jpeg_encode, args.compile_scope,
+        progress=write,
     )
     print(benchmark.table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(benchmark.to_json(result))
+    write(result)
     return 0
 
 

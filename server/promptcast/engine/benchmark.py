@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ class BenchResult:
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
     # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
     batches: list[BatchResult] = field(default_factory=list)
+    complete: bool = False  # False in a progress report: measurements are still to come
 
     def speed_up(self) -> float | None:
         one = next((b for b in self.batches if b.batch == 1), None)
@@ -124,8 +125,12 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         batches: Sequence[int], compile_mode: str, iterations: int, stock: bool,
         compile_cache: str | None = None, compile_tuning: str = "fast",
         profile_to: str | None = None, jpeg_encode: str = "auto",
-        compile_scope: str = "whole") -> BenchResult:
-    """`profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there."""
+        compile_scope: str = "whole",
+        progress: Callable[[BenchResult], None] | None = None) -> BenchResult:
+    """`profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there.
+    `progress`: called with the result so far after warm-up and after each measurement, so that
+    a run cut off by a time limit (bench/gpu.sh time-boxes every step) leaves what it measured."""
+    report = progress or (lambda _result: None)
     torch.manual_seed(0)
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
@@ -163,9 +168,11 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         jpeg_encoder=("cpu" if not engine.encodes_jpeg
                       else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
     )
+    report(result)
     for b in sorted(set(batches)):
         reqs = [RenderRequest(texts[i % len(texts)], i, steps, resolution, resolution) for i in range(b)]
         result.batches.append(_time_batch(engine, reqs, device, iterations))
+        report(result)
 
     # A keystroke: a prompt the cache has never seen, rendered alone, then encoded.
     latencies, text_ms = [], []
@@ -180,12 +187,14 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         text_ms.append(frame.timings["text_encode_ms"])
     result.keystroke_to_frame_ms = statistics.median(latencies)
     result.text_miss_ms = statistics.median(text_ms)
+    report(result)
     if profile_to is not None:
         one = RenderRequest(texts[0], 0, steps, resolution, resolution)
-        report = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
+        kernels = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
         with open(profile_to, "w") as f:
             f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {result.mode}, "
-                    f"tuning {result.tuning}, scope {result.scope}, {result.device}\n\n{report}\n")
+                    f"tuning {result.tuning}, scope {result.scope}, {result.device}\n\n{kernels}\n")
+    result.complete = True
     return result
 
 

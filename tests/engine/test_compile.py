@@ -21,6 +21,8 @@ from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.pipeline import Engine
 
+from .test_prompts import Recorder
+
 SIZE = 64
 
 # The module's engine compiles its text encoder, UNet and decoder for two batch sizes: about
@@ -66,15 +68,10 @@ def test_hot_path_never_recompiles(compiled: Engine) -> None:
 def test_new_prompts_are_encoded_in_one_call_padded_to_a_bucket(
     compiled: Engine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    call, shapes = compiled.prompts._call, []
-
-    def recording(*ids: torch.Tensor) -> object:
-        shapes.append([tuple(i.shape) for i in ids])
-        return call(*ids)
-
-    monkeypatch.setattr(compiled.prompts, "_call", recording)
+    recorder = Recorder(compiled.prompts._call)
+    monkeypatch.setattr(compiled.prompts, "_call", recorder)
     frames = compiled.render_batch(reqs(3, text="three new prompts"))
-    assert shapes == [[(4, 77)]]  # the text encoder's batch-4 bucket, warmed at start-up
+    assert recorder.shapes == [[(4, 77)]]  # the text encoder's batch-4 bucket, warmed at start-up
     assert [f.prompt_cache_hit for f in frames] == [False, False, False]
 
 

@@ -39,7 +39,8 @@ class Recorder:
     """Wraps a PromptEncoder's text-encoder call and records the token-id shapes it gets."""
 
     def __init__(self, call: Any) -> None:
-        self.call, self.shapes = call, []  # type: ignore[var-annotated]
+        self.call = call
+        self.shapes: list[list[tuple[int, ...]]] = []
 
     def __call__(self, *ids: torch.Tensor) -> Any:
         self.shapes.append([tuple(i.shape) for i in ids])

@@ -104,13 +104,12 @@ class PromptEncoder:
                 missing[key] = text
             else:
                 served[i] = cond
-        todo = list(missing.values())
+        todo = list(missing.items())
         fresh: dict[tuple[str, str, str], Conditioning] = {}
         step = self._max_rows(len(todo))
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
-            for text, cond in zip(chunk, self._encode(chunk), strict=True):
-                key = (self._c.source, "text_encoder", text)
+            for (key, _), cond in zip(chunk, self._encode([t for _, t in chunk]), strict=True):
                 fresh[key] = cond
                 self.cache.put(key, cond)
         out: list[tuple[Conditioning, bool]] = []

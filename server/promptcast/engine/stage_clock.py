@@ -18,22 +18,21 @@ import torch
 class StageClock:
     def __init__(self, device: torch.device) -> None:
         self._cuda = device.type == "cuda"
-        self._marks: list[torch.cuda.Event | float] = []
+        self._events: list[torch.cuda.Event] = []  # on CUDA
+        self._times: list[float] = []  # on the CPU
 
     def mark(self) -> None:
         """The end of one stage and the start of the next, as the device will reach it."""
         if self._cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            self._marks.append(event)
+            self._events.append(event)
         else:
-            self._marks.append(time.perf_counter())
+            self._times.append(time.perf_counter())
 
     def stages_ms(self) -> list[float]:
         """Milliseconds between consecutive marks. Waits for the device to reach the last."""
         if self._cuda:
-            events = [m for m in self._marks if isinstance(m, torch.cuda.Event)]
-            events[-1].synchronize()
-            return [a.elapsed_time(b) for a, b in pairwise(events)]
-        times = [m for m in self._marks if isinstance(m, float)]
-        return [(b - a) * 1e3 for a, b in pairwise(times)]
+            self._events[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in pairwise(self._events)]
+        return [(b - a) * 1e3 for a, b in pairwise(self._times)]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 def main(paths: list[str]) -> None:
     print("| run | arch | px | steps | mode/tuning/scope | batch | ms/batch | frames/s | UNet ms/step "
-          "| decode ms | JPEG ms (CPU / nvJPEG) | keystroke ms (text) | warm-up s | stock ms | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| decode ms | JPEG ms (CPU / nvJPEG) | keystroke ms (text) | syncs/frame | warm-up s | stock ms "
+          "| speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         r = json.loads(Path(path).read_text())
         for b in r["batches"]:
@@ -22,11 +23,12 @@ def main(paths: list[str]) -> None:
             nvjpeg = f"{on_gpu:.2f}" if on_gpu is not None else "-"
             mode = f"{r['mode']}/{r.get('tuning', 'off')}/{r.get('scope', 'whole')}"
             name = Path(path).stem + ("" if r.get("complete", True) else " (cut off)")
+            syncs = r.get("host_syncs")  # not in the first run's files
             print(f"| {name} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} | {b['encode_ms']:.2f} / {nvjpeg} "
                   f"| {r['keystroke_to_frame_ms']:.2f} ({r.get('text_miss_ms', 0.0):.2f}) "
-                  f"| {r['warm_up_s']:.1f} | {stock} | {speed_up} |")
+                  f"| {'-' if syncs is None else syncs} | {r['warm_up_s']:.1f} | {stock} | {speed_up} |")
 
 
 if __name__ == "__main__":

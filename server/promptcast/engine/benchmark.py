@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -74,6 +75,9 @@ class BenchResult:
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
     # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
     batches: list[BatchResult] = field(default_factory=list)
+    # Calls in one batch-1 frame (prompt cached) that made the CPU wait for the GPU, as
+    # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. None on a CPU.
+    host_syncs: int | None = None
     complete: bool = False  # False in a progress report: measurements are still to come
 
     def speed_up(self) -> float | None:
@@ -187,15 +191,33 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         text_ms.append(frame.timings["text_encode_ms"])
     result.keystroke_to_frame_ms = statistics.median(latencies)
     result.text_miss_ms = statistics.median(text_ms)
+    one = RenderRequest(texts[0], 0, steps, resolution, resolution)
+    result.host_syncs = count_host_syncs(lambda: engine.render(one), device)
     report(result)
     if profile_to is not None:
-        one = RenderRequest(texts[0], 0, steps, resolution, resolution)
         kernels = profile_frames(lambda: engine.render(one), device, min(iterations, 10)).report()
         with open(profile_to, "w") as f:
             f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode {result.mode}, "
                     f"tuning {result.tuning}, scope {result.scope}, {result.device}\n\n{kernels}\n")
     result.complete = True
     return result
+
+
+def count_host_syncs(frame: Callable[[], object], device: torch.device) -> int | None:
+    """How many times `frame` made the CPU wait for the GPU (synchronizing CUDA calls, as
+    torch's sync debug mode sees them: item(), nonzero(), copies from pageable memory, reads
+    back). Each one leaves the GPU idle while Python catches up. None on a CPU."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            frame()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # (Not its one-off notice that the mode "does not yet detect all synchronizing operations".)
+    return sum("called a synchronizing" in str(w.message) for w in caught)
 
 
 def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
@@ -242,6 +264,8 @@ def table(r: BenchResult) -> str:
                      "in ms/batch; the JPEG column is the CPU's, for comparison")
     lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
                  f"{r.keystroke_to_frame_ms:.2f} ms, of which text encode {r.text_miss_ms:.2f} ms")
+    if r.host_syncs is not None:
+        lines.append(f"host syncs in a batch-1 frame (reading the pixels back is one): {r.host_syncs}")
     if r.stock_frame_ms is not None:
         lines.append(f"stock diffusers pipeline, batch 1, same settings: {r.stock_frame_ms:.2f} ms/frame"
                      + (f"; promptcast is {speed_up:.2f}x faster" if speed_up else ""))

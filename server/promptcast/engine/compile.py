@@ -9,9 +9,10 @@ launch-bound). So, once at start-up and never on the hot path:
   larger kernels, specialised to each shape bucket;
 - on CUDA, each bucket's call is then captured in a CUDA graph with static input buffers
   (the vLLM shape: capture once per batch descriptor, replay after), so a UNet step is one
-  graph launch. The graphs of one call (all the UNet's buckets, say) share one memory pool; a
-  caller must consume one replay's output before the next replay, which the render loop does
-  (the scheduler step copies the UNet's; the prompt cache copies the text encoder's).
+  graph launch. The graphs of one call (all the UNet step's buckets, say) share one memory
+  pool; a caller must consume one replay's output before the next replay, which the render
+  loop does (each step's latents are copied into the next step's input, the last into the
+  decoder's; the prompt cache copies the text encoder's).
 
 A bucket is the set of input shapes: resolution x batch size (x 2 with classifier-free
 guidance); for the text encoder, the batch size alone (token ids are always 77 long).
@@ -180,7 +181,7 @@ class FastCall(Generic[Out]):
 
 
 def unet_call(unet: Any) -> Callable[..., torch.Tensor]:
-    """The UNet as a function of tensors only (what compile and capture want):
+    """The UNet as a function of tensors only (engine/sampling.py's step call wraps it):
     (sample (B, C, h, w), timestep (), embeds (B, 77, D), timestep_cond (1, Dc) | None,
     text_embeds (B, P) | None, time_ids (B, 6) | None) -> prediction (B, C, h, w)."""
 
@@ -200,11 +201,17 @@ def unet_call(unet: Any) -> Callable[..., torch.Tensor]:
 
 
 def decoder_call(vae: Any) -> Callable[..., torch.Tensor]:
-    """latents (B, C, h, w), already divided by the scaling factor -> image (B, 3, H, W) in [-1, 1]."""
+    """latents (B, C, h, w) as the UNet makes them -> frames (B, 3, H, W) uint8, still on the
+    device. Compiled, the scaling and the conversion to 8 bits fuse into the decoder's first and
+    last kernels instead of running as kernels of their own over the full-size image."""
+    scale = vae.config.scaling_factor
 
     def call(latents: torch.Tensor) -> torch.Tensor:
-        image: torch.Tensor = vae.decode(latents, return_dict=False)[0]
-        return image
+        # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
+        image = vae.decode(latents.to(vae.dtype) / scale, return_dict=False)[0]  # in [-1, 1]
+        # contiguous: channels_last decoders hand back NHWC strides; the JPEG encoder wants CHW.
+        frames: torch.Tensor = ((image.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        return frames.contiguous()
 
     return call
 

@@ -31,7 +31,6 @@ from promptcast.engine.compile import (
     inductor_options,
     optimise_layout,
     resolve_mode,
-    unet_call,
     use_compile_cache,
 )
 from promptcast.engine.image import decode_image, frame_encoder
@@ -40,6 +39,15 @@ from promptcast.engine.model_index import ModelLoadError
 from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
 from promptcast.engine.prompt_cache import LRUCache
 from promptcast.engine.prompts import Conditioning, PromptEncoder
+from promptcast.engine.sampling import (
+    IDENTITY,
+    StepPlan,
+    draws_noise,
+    plan_steps,
+    step_call,
+    step_noise,
+    supports,
+)
 from promptcast.engine.stage_clock import StageClock
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,8 @@ class Engine:
         # Encoded init images: a client streaming a canvas re-sends the same image with
         # each prompt edit, so one encode serves them all.
         self._init_latents: LRUCache[torch.Tensor] = LRUCache(8)
+        self._plans: dict[int, StepPlan] = {}  # txt2img schedules by step count
+        self._time_id_rows: dict[tuple[int, int, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------ start-up
 
@@ -140,6 +150,12 @@ class Engine:
             else None
         )
         self.cfg_scale = self.guidance if (cond_dim is None and self.guidance > 1.0) else None
+        # The sampler's arithmetic as per-step coefficients (engine/sampling.py), worked out now
+        # for every step count offered; without support, diffusers' own step runs.
+        self._planned = supports(self.scheduler)
+        self._noisy = draws_noise(self.scheduler)
+        for k in self.limits.steps:
+            self._txt2img_plan(k)
         self._prepare_calls()
         self._jpeg = frame_encoder(cfg.jpeg_encode, self.device, cfg.jpeg_quality)
         self.load_seconds = time.perf_counter() - started
@@ -175,7 +191,11 @@ class Engine:
                 torch._dynamo.config.accumulated_recompile_limit += blocks * buckets
         self.prompts = PromptEncoder(self.c, self.device, self.mode, options, cfg.batch_sizes,
                                      self.prompt_cache)
-        self._unet = FastCall("unet", unet_call(self.c.unet), self.mode, options, whole)
+        # The UNet with the sampler step around it: one call (one captured graph) per step.
+        self._step = FastCall("unet step", step_call(self.c.unet, self.cfg_scale), self.mode,
+                              options, whole)
+        with torch.inference_mode():  # like every tensor the render path makes
+            self._identity = torch.tensor(IDENTITY, dtype=torch.float32, device=self.device)
         self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.
         self._full_decoder = (
@@ -279,6 +299,19 @@ class Engine:
         timesteps: torch.Tensor = self.scheduler.timesteps
         return timesteps
 
+    def _txt2img_plan(self, steps: int) -> StepPlan | None:
+        """The plan for `steps` from pure noise, made once per step count (None: diffusers'
+        step runs)."""
+        if not self._planned:
+            return None
+        if steps not in self._plans:
+            self._set_timesteps(steps)
+            plan = plan_steps(self.scheduler, self.device)
+            if plan is None:
+                return None
+            self._plans[steps] = plan
+        return self._plans[steps]
+
     def _unconditional(self, like: Conditioning) -> Conditioning:
         """The empty prompt for classifier-free guidance (zeros where SDXL asks for them)."""
         if self.c.arch == "sdxl" and self.c.force_zeros_for_empty_prompt:
@@ -297,16 +330,19 @@ class Engine:
         noise, _ = self._noise.get_or_compute((seed, shape), draw)
         return noise
 
-    def _img2img_start(self, req: RenderRequest, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps and starting latents for img2img: the init image, encoded, noised to the
-        first timestep that `strength` leaves. Matches the stock pipelines step for step:
-        LCM shortens its schedule and still takes `steps` steps (LatentConsistencyModelImg2Img);
-        the others skip the first (1 - strength) of `steps` (StableDiffusion(XL)Img2Img)."""
+    def _img2img_start(self, req: RenderRequest, gen: torch.Generator
+                       ) -> tuple[StepPlan | torch.Tensor, torch.Tensor]:
+        """The schedule (a plan, or diffusers' timesteps) and starting latents for img2img: the
+        init image, encoded, noised to the first timestep that `strength` leaves. Matches the
+        stock pipelines step for step: LCM shortens its schedule and still takes `steps` steps
+        (LatentConsistencyModelImg2Img); the others skip the first (1 - strength) of `steps`
+        (StableDiffusion(XL)Img2Img)."""
         assert req.image is not None
         init, _ = self._init_latents.get_or_compute(
             (req.image, req.width, req.height),
             lambda: self._encode_image(decode_image(req.image or b"", req.width, req.height)),
         )
+        start = 0
         if self.preset.family == "lcm":
             self.scheduler.set_timesteps(req.steps, device=self.device, strength=req.strength)
             timesteps: torch.Tensor = self.scheduler.timesteps
@@ -318,7 +354,9 @@ class Engine:
             self.scheduler.set_begin_index(start)
         # Drawn from the step generator first, in the order the stock pipelines draw.
         noise = torch.randn(init.shape, generator=gen).to(self.device, self.dtype)
-        return timesteps, self.scheduler.add_noise(init, noise, timesteps[:1])
+        latents = self.scheduler.add_noise(init, noise, timesteps[:1])
+        plan = plan_steps(self.scheduler, self.device, start) if self._planned else None
+        return (timesteps if plan is None else plan), latents
 
     def _encode_image(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, C, H/8, W/8) latents in the UNet's scale."""
@@ -332,9 +370,13 @@ class Engine:
         return scaled
 
     def _time_ids(self, height: int, width: int, rows: int) -> torch.Tensor:
-        """SDXL's micro-conditioning, (original size, crop, target size) per row: (rows, 6)."""
-        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
-        return ids.repeat(rows, 1).to(self.device)
+        """SDXL's micro-conditioning, (original size, crop, target size) per row: (rows, 6).
+        Kept on the device per bucket: a copy from the CPU each frame would wait for the GPU."""
+        key = (height, width, rows)
+        if key not in self._time_id_rows:
+            ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+            self._time_id_rows[key] = ids.repeat(rows, 1).to(self.device)
+        return self._time_id_rows[key]
 
     def refine_steps(self, requested: int | None) -> int:
         """Steps for refined frames: `requested`, or about twice the default, among the step
@@ -397,23 +439,17 @@ class Engine:
         # Schedulers that re-noise between steps (LCM, ancestral Euler) draw from these
         # generators, one per row, so that part of the picture is stable per seed too.
         gens = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
+        schedule: StepPlan | torch.Tensor
         if first.image is None:
-            timesteps = self._set_timesteps(first.steps)
+            plan = self._txt2img_plan(first.steps)
+            schedule = self._set_timesteps(first.steps) if plan is None else plan
             noise = [self._initial_noise(r.seed, height, width) for r in rows]
-            latents = torch.cat(noise) * self.scheduler.init_noise_sigma  # (B, C, h, w)
+            init_sigma = self.scheduler.init_noise_sigma if plan is None else plan.init_sigma
+            latents = torch.cat(noise) * init_sigma  # (B, C, h, w)
         else:
-            timesteps, latents = self._img2img_start(first, gens[0])
-        for t in timesteps:
-            if cancelled is not None and cancelled():
-                raise RenderCancelled
-            model_in = self.scheduler.scale_model_input(latents, t)
-            if self.cfg_scale is not None:
-                model_in = torch.cat([model_in, model_in])
-            pred = self._unet(model_in, t, embeds, self._timestep_cond, pooled, time_ids)  # (B, C, h, w)
-            if self.cfg_scale is not None:
-                pred_uncond, pred_text = pred.chunk(2)
-                pred = pred_uncond + self.cfg_scale * (pred_text - pred_uncond)
-            latents = self.scheduler.step(pred, t, latents, generator=gens).prev_sample
+            schedule, latents = self._img2img_start(first, gens[0])
+        conditioning = (embeds, self._timestep_cond, pooled, time_ids)
+        latents = self._denoise(latents, schedule, gens, conditioning, cancelled)
         clock.mark()
 
         if cancelled is not None and cancelled():
@@ -436,6 +472,32 @@ class Engine:
             for p, (cond, hit), j in zip(pixels, looked_up, jpegs, strict=True)
         ]
 
+    def _denoise(
+        self, latents: torch.Tensor, schedule: StepPlan | torch.Tensor,
+        gens: list[torch.Generator], conditioning: tuple[torch.Tensor | None, ...],
+        cancelled: Callable[[], bool] | None,
+    ) -> torch.Tensor:
+        """Run the schedule's steps: from its plan, with nothing between the step calls but
+        the draw of the next step's noise; or, for a scheduler without one, diffusers' step
+        around the same call (returning the prediction)."""
+        if isinstance(schedule, StepPlan):
+            for i, noisy in enumerate(schedule.noisy):
+                if cancelled is not None and cancelled():
+                    raise RenderCancelled
+                noise = None
+                if self._noisy:  # a tensor at every step: one bucket per shape
+                    noise = step_noise(gens, latents) if noisy else torch.zeros_like(latents)
+                latents = self._step(latents, schedule.timesteps[i], schedule.coefs[i], noise,
+                                     *conditioning)
+            return latents
+        for t in schedule:
+            if cancelled is not None and cancelled():
+                raise RenderCancelled
+            model_in = self.scheduler.scale_model_input(latents, t)
+            pred = self._step(model_in, t, self._identity, None, *conditioning)
+            latents = self.scheduler.step(pred, t, latents, generator=gens).prev_sample
+        return latents
+
     def recover(self, exc: BaseException) -> None:
         """After a render raised: give back what it may have left behind, so the next frame
         has the device's memory. An out-of-memory error mid-step leaves the allocator holding
@@ -455,8 +517,4 @@ class Engine:
 
     def _decode(self, latents: torch.Tensor, full: bool) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) uint8 frames, still on the device."""
-        decoder, vae = (self._full_decoder, self.c.full_vae) if full else (self._decoder, self.c.vae)
-        # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
-        image = decoder(latents.to(vae.dtype) / vae.config.scaling_factor)  # (B, 3, H, W) in [-1, 1]
-        # contiguous: channels_last decoders hand back NHWC strides; the JPEG encoder wants CHW.
-        return ((image.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).contiguous()
+        return (self._full_decoder if full else self._decoder)(latents)

@@ -1,0 +1,96 @@
+"""The engine's own work per frame, with the model taken out.
+
+The UNet and the decoder of the embedded tiny model are replaced by stand-ins that return zeros
+at once (the prompt is cached, so the text encoder does not run), and `Engine.render` is timed:
+what is left is everything the engine does around the model on the CPU (prompt lookup, noise,
+the sampler's arithmetic, batching, the pixels back). On a GPU that is work the device waits
+for wherever the CPU has to wait for the device first (a host sync), and work that competes
+with the server's event loop for the interpreter.
+
+Each sampler is timed two ways in the same run: with its plan (engine/sampling.py: the step's
+arithmetic worked out once per schedule) and with diffusers' own `scheduler.step`, as a
+scheduler without a plan runs.
+
+    .venv/bin/python bench/host_overhead.py [--iterations 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import ExitStack
+from typing import Any
+from unittest import mock
+
+import torch
+from diffusers import EulerAncestralDiscreteScheduler
+
+from promptcast.config import EngineConfig
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine import pipeline
+from promptcast.engine.archs import build_components
+from promptcast.engine.pipeline import Engine
+
+# sampler -> (preset, scheduler class to hand over instead of the model's, or None)
+SAMPLERS: dict[str, tuple[str, Any]] = {
+    "lcm": ("tiny", None),
+    "euler": ("sd-turbo", None),  # the turbo recipe: Euler, trailing timesteps
+    "ancestral euler": ("sd-turbo", EulerAncestralDiscreteScheduler),  # as SDXL-Turbo ships
+}
+SIZE = 64
+
+
+def engine_without_model(preset: str, scheduler_cls: Any, planned: bool) -> Engine:
+    components = build_components("tiny", torch.device("cpu"), torch.float32)
+    if scheduler_cls is not None:
+        components.scheduler = scheduler_cls.from_config(components.scheduler.config)
+    eng = Engine(EngineConfig(preset=preset, sizes=((SIZE, SIZE),), size=(SIZE, SIZE), cpu_threads=1))
+    with ExitStack() as stack:
+        if not planned:  # as for a scheduler engine/sampling.py has no plan for
+            stack.enter_context(mock.patch.object(pipeline, "supports", lambda _: False))
+        eng.load(components)
+
+    def unet(sample: torch.Tensor, *_: Any, **__: Any) -> tuple[torch.Tensor]:
+        return (torch.zeros_like(sample),)
+
+    def decode(latents: torch.Tensor, **_: Any) -> tuple[torch.Tensor]:
+        b, _, h, w = latents.shape
+        return (torch.zeros(b, 3, h * eng.vae_scale, w * eng.vae_scale),)
+
+    eng.c.unet.forward = unet  # type: ignore[method-assign]
+    eng.c.vae.decode = decode  # type: ignore[method-assign]
+    return eng
+
+
+def median_us(eng: Engine, steps: int, iterations: int) -> float:
+    req = RenderRequest("a red circle", 1, steps, SIZE, SIZE)
+    eng.render(req)  # the prompt into the cache
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        eng.render(req)
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| sampler | steps | with its plan (µs/frame) | diffusers' step (µs/frame) | ratio |")
+    print("|---|---|---|---|---|")
+    for name, (preset, scheduler_cls) in SAMPLERS.items():
+        planned = engine_without_model(preset, scheduler_cls, True)
+        unplanned = engine_without_model(preset, scheduler_cls, False)
+        for steps in (1, 2, 4):
+            # Alternated, so that a slow spell on a shared machine hits both.
+            a = [median_us(planned, steps, args.iterations // 3) for _ in range(3)]
+            b = [median_us(unplanned, steps, args.iterations // 3) for _ in range(3)]
+            ours, theirs = statistics.median(a), statistics.median(b)
+            print(f"| {name} | {steps} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

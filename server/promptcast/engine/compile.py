@@ -205,10 +205,13 @@ def decoder_call(vae: Any) -> Callable[..., torch.Tensor]:
     device. Compiled, the scaling and the conversion to 8 bits fuse into the decoder's first and
     last kernels instead of running as kernels of their own over the full-size image."""
     scale = vae.config.scaling_factor
+    # Read once: diffusers' ModelMixin.dtype walks every submodule (about a quarter of a
+    # millisecond a frame where this runs eager). A VAE that overflows in fp16 (SDXL's,
+    # force_upcast) was kept in fp32 at load.
+    dtype = vae.dtype
 
     def call(latents: torch.Tensor) -> torch.Tensor:
-        # A VAE that overflows in fp16 (SDXL's, force_upcast) was kept in fp32 at load.
-        image = vae.decode(latents.to(vae.dtype) / scale, return_dict=False)[0]  # in [-1, 1]
+        image = vae.decode(latents.to(dtype) / scale, return_dict=False)[0]  # in [-1, 1]
         # contiguous: channels_last decoders hand back NHWC strides; the JPEG encoder wants CHW.
         frames: torch.Tensor = ((image.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
         return frames.contiguous()

@@ -22,6 +22,8 @@ def main(paths: list[str]) -> None:
             on_gpu = b.get("engine_encode_ms", b.get("gpu_encode_ms"))
             nvjpeg = f"{on_gpu:.2f}" if on_gpu is not None else "-"
             mode = f"{r['mode']}/{r.get('tuning', 'off')}/{r.get('scope', 'whole')}"
+            if r.get("fallbacks"):  # calls that ran in a lesser mode: the figures are not mode's
+                mode += f" (fallback: {', '.join(r['fallbacks'])})"
             name = Path(path).stem + ("" if r.get("complete", True) else " (cut off)")
             syncs = r.get("host_syncs")  # not in the first run's files
             print(f"| {name} | {r['arch']} | {r['resolution']} | {r['steps']} | {mode} "

@@ -26,10 +26,12 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     assert result.host_syncs is None  # counted on CUDA only
 
     cut = tmp_path / "sdxl-whole.json"
-    cut.write_text(json.dumps(snapshots[1]))
+    # A run where a call fell back (FastCall) says so beside its mode.
+    cut.write_text(json.dumps({**snapshots[1], "fallbacks": {"unet step": "could not be captured"}}))
     done = tmp_path / "sd21-fast.json"
     done.write_text(benchmark.to_json(result))
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(cut), str(done)],
                            capture_output=True, text=True, check=True).stdout
     assert "| sdxl-whole (cut off) | tiny | 64 |" in table
+    assert "| eager/none (eager)/whole (fallback: unet step) |" in table
     assert "| sd21-fast | tiny | 64 |" in table and table.count("\n| sd21-fast |") == 2

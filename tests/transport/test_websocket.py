@@ -35,6 +35,7 @@ async def test_hello_describes_protocol_model_and_limits(server: Server) -> None
     assert [64, 64] in model["sizes"]["allowed"]
     assert (model["compile"], model["compile_tuning"], model["compile_scope"]) == (
         "eager", "fast", "whole")
+    assert model["compile_fallbacks"] == {}
     assert hello["limits"]["max_message_bytes"] == 16384
 
 

@@ -78,6 +78,9 @@ class BenchResult:
     # Calls in one batch-1 frame (prompt cached) that made the CPU wait for the GPU, as
     # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. None on a CPU.
     host_syncs: int | None = None
+    # Calls that ran in a lesser mode than `mode` (the compiler or the capture failed): name ->
+    # why (Engine.model_info's compile_fallbacks).
+    fallbacks: dict[str, str] = field(default_factory=dict)
     complete: bool = False  # False in a progress report: measurements are still to come
 
     def speed_up(self) -> float | None:
@@ -171,6 +174,7 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         tuning=compile_tuning if engine.mode != "eager" else "none (eager)", scope=compile_scope,
         jpeg_encoder=("cpu" if not engine.encodes_jpeg
                       else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
+        fallbacks=engine.compile_fallbacks(),
     )
     report(result)
     for b in sorted(set(batches)):
@@ -258,6 +262,8 @@ def table(r: BenchResult) -> str:
             f"| {b.batch} | {b.frame_ms:.2f} | {b.fps:.1f} | {s['text_encode_ms']:.2f} | "
             f"{b.unet_step_ms:.2f} | {s['decode_ms']:.2f} | {b.encode_ms:.2f} |"
         )
+    for name, why in r.fallbacks.items():
+        lines.append(f"FALLBACK: the {name} {why}; it ran in a lesser mode than {r.mode}")
     in_engine = r.batches[0].engine_encode_ms if r.batches else None
     if in_engine is not None:
         lines.append(f"JPEG in the engine ({r.jpeg_encoder}): {in_engine:.2f} ms/frame, counted "

@@ -116,6 +116,11 @@ def optimise_layout(modules: list[Any], device: torch.device, tuning: str) -> No
         torch.backends.cudnn.benchmark = True
 
 
+class CaptureFailed(RuntimeError):
+    """CUDA-graph capture of a function that runs uncaptured (something in it syncs with the
+    host, or is not allowed while a stream captures)."""
+
+
 class CapturedCall(Generic[Out]):
     """One shape bucket of `fn`, captured in a CUDA graph. Inputs are copied into static
     buffers, the graph is replayed, and the static output is returned: valid until the next
@@ -131,8 +136,13 @@ class CapturedCall(Generic[Out]):
                 fn(*self._inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, pool=pool):
-            self._output = fn(*self._inputs)
+        try:
+            with torch.cuda.graph(self._graph, pool=pool):
+                self._output = fn(*self._inputs)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:  # fn ran twice above: what failed is the capture
+            raise CaptureFailed(_first_line(exc)) from exc
 
     def __call__(self, args: Tensors) -> Out:
         for static, arg in zip(self._inputs, args, strict=True):
@@ -149,35 +159,80 @@ class FastCall(Generic[Out]):
     options: inductor's options for torch.compile (inductor_options).
     whole: compile `fn` as one graph; False where the caller compiled its blocks instead
     (compile_blocks): `fn` then runs as it is, and is still captured whole.
+
+    A model the compiler or the capture cannot handle (a user's model with an op dynamo cannot
+    trace, another transformers version) must not stop the server: a bucket's first call (at
+    warm-up) that fails to compile makes the call eager, one that fails to capture makes it
+    compiled without graphs, with a warning; `fallback` says why. A recompile refused by
+    `error_on_recompile` is not such a failure, and is raised.
     """
 
     def __init__(self, name: str, fn: Callable[..., Out], mode: str,
                  options: dict[str, Any] | None = None, whole: bool = True) -> None:
         self.name = name
         self.mode = mode
+        self._eager = fn
         self._fn = fn if mode == "eager" or not whole else torch.compile(
             fn, fullgraph=True, dynamic=False, options=options or None)
         self._graphs: dict[tuple[object, ...], CapturedCall[Out]] = {}
+        self._compiled: set[tuple[object, ...]] = set()  # buckets called once ("compile" mode)
         self._pool = torch.cuda.graph_pool_handle() if mode == "cuda-graphs" else None
+        self.fallback: str | None = None  # why the call runs in a lesser mode than it was given
 
     @staticmethod
     def _bucket(args: Tensors) -> tuple[object, ...]:
         return tuple(None if a is None else (tuple(a.shape), a.dtype) for a in args)
 
     def __call__(self, *args: torch.Tensor | None) -> Out:
-        if self.mode != "cuda-graphs":
+        if self.mode == "eager":
             out: Out = self._fn(*args)
             return out
-        graph = self._graphs.get(self._bucket(args))
-        if graph is None:  # first call of this bucket: warm-up captures it
-            log.info("capturing %s for %s", self.name, self._bucket(args))
+        bucket = self._bucket(args)
+        if self.mode == "compile":
+            if bucket in self._compiled:
+                out = self._fn(*args)
+                return out
+        else:
+            graph = self._graphs.get(bucket)
+            if graph is not None:
+                return graph(args)
+        return self._first_call(bucket, args)
+
+    def _first_call(self, bucket: tuple[object, ...], args: Tensors) -> Out:
+        """A bucket's first call: it compiles (and captures) the bucket, or falls back."""
+        try:
+            if self.mode == "compile":
+                out: Out = self._fn(*args)
+                self._compiled.add(bucket)
+                return out
+            log.info("capturing %s for %s", self.name, bucket)
             graph = CapturedCall(self._fn, args, self._pool)
-            self._graphs[self._bucket(args)] = graph
-        return graph(args)
+            self._graphs[bucket] = graph
+            return graph(args)
+        except torch._dynamo.exc.RecompileError:
+            raise
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            self._fall_back("eager", f"could not be compiled ({_first_line(exc)})")
+        except CaptureFailed as exc:
+            self._fall_back("compile", f"could not be captured in a CUDA graph ({exc})")
+        return self(*args)
+
+    def _fall_back(self, mode: str, why: str) -> None:
+        log.warning("the %s %s; it runs %s", self.name, why,
+                    "eager" if mode == "eager" else "compiled, without CUDA graphs")
+        self.fallback = why
+        self.mode = mode
+        if mode == "eager":
+            self._fn = self._eager
 
     @property
     def buckets(self) -> int:
         return len(self._graphs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def unet_call(unet: Any) -> Callable[..., torch.Tensor]:

@@ -289,8 +289,15 @@ class Engine:
             "compile": self.mode,
             "compile_tuning": self.config.compile_tuning,
             "compile_scope": self.config.compile_scope,
+            "compile_fallbacks": self.compile_fallbacks(),
             "batch_sizes": list(self.config.batch_sizes),
         }
+
+    def compile_fallbacks(self) -> dict[str, str]:
+        """The calls that run in a lesser mode than `compile` asked, because the compiler or the
+        graph capture could not handle them (FastCall): name -> why. Empty normally."""
+        calls: list[FastCall[Any]] = [self.prompts.call, self._step, self._decoder]
+        return {call.name: call.fallback for call in calls if call.fallback is not None}
 
     # ------------------------------------------------------------ hot path
 

@@ -11,7 +11,6 @@ padded to a bucket.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +20,6 @@ import torch
 from promptcast.engine.compile import FastCall
 from promptcast.engine.loading import Components
 from promptcast.engine.prompt_cache import LRUCache
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,10 +76,14 @@ class PromptEncoder:
             with torch.inference_mode():
                 call(*[torch.zeros(1, self.max_tokens, dtype=torch.long, device=device)
                        for _ in self._tokenizers])
-        self._eager = call
         self._call = FastCall("text encoder", call, mode, options)
         self._buckets = sorted(batch_sizes) if mode != "eager" else []
         self.cache = cache
+
+    @property
+    def call(self) -> FastCall[TextOutput]:
+        """The text encoder(s) as the engine runs them (compiled, captured, or eager)."""
+        return self._call
 
     @property
     def max_tokens(self) -> int:
@@ -132,18 +133,9 @@ class PromptEncoder:
         rows = min((b for b in self._buckets if b >= len(texts)), default=len(texts))
         padded = [*texts, *[texts[-1]] * (rows - len(texts))]
         ids = [self._tokens(tokenizer, padded) for tokenizer in self._tokenizers]
-        try:
-            embeds, pooled = self._call(*ids)  # (rows, 77, D), (rows, P) | None
-        except torch._dynamo.exc.TorchDynamoException as exc:
-            if self._call.mode == "eager":
-                raise
-            # A text encoder this torch cannot compile (another transformers version may trace
-            # differently) costs a few ms a new prompt; it must not stop the server. The first
-            # call of each bucket is at warm-up, so this happens before /readyz says ready.
-            log.warning("the text encoder could not be compiled (%s); it runs eager",
-                        str(exc).splitlines()[0])
-            self._call = FastCall("text encoder", self._eager, "eager")
-            embeds, pooled = self._call(*ids)
+        # (One this torch cannot compile, another transformers version say, runs eager: FastCall
+        # falls back at the bucket's first call, at warm-up.)
+        embeds, pooled = self._call(*ids)  # (rows, 77, D), (rows, P) | None
         # Counted without truncation (BOS and EOS included), to tell the client what was cut.
         lengths = [len(tokens) for tokens in self._c.tokenizer(texts).input_ids]
         # Row copies: a captured call's outputs are overwritten by its next replay, and a cached

@@ -168,6 +168,8 @@ def test_blocks_scope_compiles_each_distinct_block_once_and_never_recompiles(
         eng.warm_up()
         graphs = counters["stats"]["unique_graphs"] - before
     assert eng.model_info()["compile_scope"] == "blocks"
+    # The text encoder is not compiled in this scope (captured as it is on a GPU).
+    assert not eng.prompts.call.compiles and eng.model_info()["compile_fallbacks"] == {}
     # At most a graph per distinct block shape, each reused by every block of that shape, plus
     # one each for the text encoder and the tiny decoder, compiled whole (fewer where an engine
     # before this one in the process compiled the same: dynamo reuses those too). Without that

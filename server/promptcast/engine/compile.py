@@ -75,7 +75,9 @@ SCOPES = ("whole", "blocks")
 # up is fusion across a block's edges; the Python between blocks costs nothing once the whole
 # call is captured in a CUDA graph. (Not CLIP's encoder layers: transformers records hidden
 # states with hooks that read a ContextVar, which dynamo cannot trace inside a layer compiled
-# on its own. The text encoders are compiled whole in either scope.)
+# on its own. In this scope the text encoders are captured as they are, not compiled: at batch
+# 1 their eager cost is kernel launches, which the graph removes, and compiling them whole
+# would cost as much cold start as the UNet's blocks do.)
 REPEATED_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock")
 
 
@@ -178,6 +180,12 @@ class FastCall(Generic[Out]):
         self._compiled: set[tuple[object, ...]] = set()  # buckets called once ("compile" mode)
         self._pool = torch.cuda.graph_pool_handle() if mode == "cuda-graphs" else None
         self.fallback: str | None = None  # why the call runs in a lesser mode than it was given
+
+    @property
+    def compiles(self) -> bool:
+        """Whether torch.compile runs `fn` as one graph (not: eager, fallen back, or `whole`
+        False, where the caller compiled parts of it)."""
+        return self._fn is not self._eager
 
     @staticmethod
     def _bucket(args: Tensors) -> tuple[object, ...]:

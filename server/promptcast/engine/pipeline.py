@@ -189,8 +189,9 @@ class Engine:
                 blocks = compile_blocks(self.c.unet, options)
                 torch._dynamo.config.recompile_limit += blocks * buckets
                 torch._dynamo.config.accumulated_recompile_limit += blocks * buckets
+        # Compiled whole, or (blocks scope) captured as they are: see compile.REPEATED_BLOCKS.
         self.prompts = PromptEncoder(self.c, self.device, self.mode, options, cfg.batch_sizes,
-                                     self.prompt_cache)
+                                     self.prompt_cache, compiled=whole)
         # The UNet with the sampler step around it: one call (one captured graph) per step.
         self._step = FastCall("unet step", step_call(self.c.unet, self.cfg_scale), self.mode,
                               options, whole)

@@ -58,25 +58,27 @@ def text_encoder_call(c: Components) -> Callable[..., TextOutput]:
 class PromptEncoder:
     """Texts -> Conditioning, from the cache or from one batched call of the text encoder(s).
 
-    `mode` and `options` are the engine's (FastCall); `batch_sizes` are its buckets: a batch of
-    misses is padded to the smallest that holds it (eager calls are not padded). `cache` holds
+    `mode` and `options` are the engine's (FastCall); `compiled` False: captured (in
+    "cuda-graphs" mode) but not compiled, for the shorter cold start of `--compile-scope
+    blocks`. `batch_sizes` are its buckets: a batch of misses is padded to the smallest that
+    holds it (eager calls are not padded). `cache` holds
     the embeddings (the engine's, whose hit and miss counts go to /metrics). Call from the
     engine thread."""
 
     def __init__(self, c: Components, device: torch.device, mode: str,
                  options: dict[str, Any], batch_sizes: Sequence[int],
-                 cache: LRUCache[Conditioning]) -> None:
+                 cache: LRUCache[Conditioning], compiled: bool = True) -> None:
         self._c = c
         self._device = device
         self._tokenizers = [c.tokenizer] if c.arch == "sd" else [c.tokenizer, c.tokenizer_2]
         call = text_encoder_call(c)
-        if mode != "eager":
+        if mode != "eager" and compiled:
             # One eager call first: transformers sets up its hidden-state recording (SDXL asks
             # for the penultimate layer's) on the first call, under a lock dynamo cannot trace.
             with torch.inference_mode():
                 call(*[torch.zeros(1, self.max_tokens, dtype=torch.long, device=device)
                        for _ in self._tokenizers])
-        self._call = FastCall("text encoder", call, mode, options)
+        self._call = FastCall("text encoder", call, mode, options, whole=compiled)
         self._buckets = sorted(batch_sizes) if mode != "eager" else []
         self.cache = cache
 

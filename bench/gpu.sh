@@ -39,20 +39,24 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 }
 # The device budget is 15 minutes a session, start included: one call of at most 9 minutes.
 # A cold compile is most of each step (the last GPU run: about 128 s for SDXL's UNet at one
-# bucket; SD-Turbo's two buckets did not finish in 150 s), and a step cut off by its limit
-# leaves only what it measured before (its JSON is rewritten after each measurement and marked
-# "(cut off)" in the summary), so the limits are generous and the order is by importance.
+# bucket, before the text encoders were compiled too; SD-Turbo's two buckets did not finish in
+# 150 s). The bench warms and measures one batch size at a time, batch 1 first with its
+# keystroke latency and profile, and rewrites its JSON after each (a step cut off by its limit
+# keeps those, marked "(cut off)" in the summary), so the limits are generous and the order is
+# by importance.
 # 1. SD-Turbo (SD 2.1) 512 px, 1 step, batch 1 and 4, CUDA graphs, default tuning (cuDNN
 #    benchmark, 1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine,
 #    against stock diffusers; where the time goes.
-bench sd21-fast 240 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
+bench sd21-fast 200 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
   --compile-tuning fast --profile "$OUT/profile-sd21.md"
-# 2. SDXL 1024 px, 1 step, compiled by blocks (the shorter cold start), from its own empty
-#    cache, against stock diffusers; where the time goes.
-bench sdxl-blocks 150 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
+# 2. SDXL 1024 px, 1 step, compiled by blocks (the shorter cold start: the UNet's distinct
+#    blocks compiled, the text encoders captured without compiling), from its own empty cache,
+#    against stock diffusers; where the time goes.
+bench sdxl-blocks 130 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
   --compile-tuning fast --compile-scope blocks --profile "$OUT/profile-sdxl.md"
-# 3. ... and compiled whole: the side-by-side of the two scopes (start-up, ms/frame).
-bench sdxl-whole 150 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
+# 3. ... and compiled whole, text encoders too: the side-by-side of the two scopes (start-up,
+#    ms/frame, the text encode of a new prompt), and the same settings as the last GPU run.
+bench sdxl-whole 210 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
   --compile-tuning fast --no-stock
 # If time is left: SD-Turbo again from the compile cache step 1 filled (the warm start), then
 # with inductor's defaults (what the first GPU run measured), then max-autotune.

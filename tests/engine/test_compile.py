@@ -51,8 +51,10 @@ def reqs(n: int, text: str = "a red circle") -> list[RenderRequest]:
 
 
 def test_warm_up_compiled_every_bucket_into_the_cache(compiled: Engine, cache_dir: Path) -> None:
-    assert compiled.mode == "compile"
+    assert compiled.mode == "compile" and compiled.prompts.call.compiles
     assert any(cache_dir.rglob("*.py")), "inductor wrote no compiled code to the cache folder"
+    with pytest.raises(ValueError, match=r"batch sizes \[3\] are not all among \[1, 4\]"):
+        compiled.warm_up((3,))
 
 
 def test_hot_path_never_recompiles(compiled: Engine) -> None:

@@ -216,12 +216,20 @@ class Engine:
             raise ModelLoadError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return PRESETS[name]
 
-    def warm_up(self) -> None:
+    def warm_up(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Render every shape bucket (size x batch size) once, so that compiling and capturing
         happen now and the first real frame pays no first-call costs. Eager mode has no
-        buckets: one frame per size does."""
+        buckets: one frame per size does. `batch_sizes`: only these of the configured ones
+        (the benchmark warms and measures one at a time, so that a run cut short keeps what it
+        measured)."""
         started = time.perf_counter()
-        batch_sizes = self.config.batch_sizes if self.mode != "eager" else (1,)
+        if self.mode == "eager":
+            batch_sizes = (1,)
+        elif batch_sizes is None:
+            batch_sizes = self.config.batch_sizes
+        elif not set(batch_sizes) <= set(self.config.batch_sizes):
+            raise ValueError(f"batch sizes {list(batch_sizes)} are not all among "
+                             f"{list(self.config.batch_sizes)}")
         for width, height in self.limits.sizes:
             for b in batch_sizes:
                 # Prompts new to each batch size: the text encoder's buckets are warmed too.

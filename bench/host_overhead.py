@@ -17,8 +17,6 @@ scheduler without a plan runs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from contextlib import ExitStack
 from typing import Any
 from unittest import mock
@@ -30,6 +28,7 @@ from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine import pipeline
 from promptcast.engine.archs import build_components
+from promptcast.engine.benchmark import median_ms
 from promptcast.engine.pipeline import Engine
 
 # sampler -> (preset, scheduler class to hand over instead of the model's, or None)
@@ -67,12 +66,7 @@ def engine_without_model(preset: str, scheduler_cls: Any, planned: bool) -> Engi
 def median_us(eng: Engine, steps: int, iterations: int) -> float:
     req = RenderRequest("a red circle", 1, steps, SIZE, SIZE)
     eng.render(req)  # the prompt into the cache
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        eng.render(req)
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times)
+    return median_ms(lambda: eng.render(req), torch.device("cpu"), iterations) * 1e3
 
 
 def main() -> None:

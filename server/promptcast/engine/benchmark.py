@@ -95,7 +95,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn: Any, device: torch.device, iterations: int) -> float:
+def median_ms(fn: Any, device: torch.device, iterations: int) -> float:
     times = []
     for _ in range(iterations):
         _sync(device)
@@ -125,7 +125,7 @@ def time_stock(components: Any, resolution: int, steps: int, guidance: float,
              height=resolution, width=resolution, output_type="np", **kwargs)
 
     frame()  # first-call costs
-    return _median_ms(frame, device, iterations)
+    return median_ms(frame, device, iterations)
 
 
 def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: int,
@@ -246,9 +246,9 @@ def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
     def batch() -> None:
         stage_runs.append(engine.render_batch(reqs, jpeg=every_jpeg)[0].timings)
 
-    frame_ms = _median_ms(batch, device, iterations)
+    frame_ms = median_ms(batch, device, iterations)
     pixels = engine.render(reqs[0]).pixels
-    encode_ms = _median_ms(lambda: encode_jpeg(pixels, 85), torch.device("cpu"), iterations)
+    encode_ms = median_ms(lambda: encode_jpeg(pixels, 85), torch.device("cpu"), iterations)
     stages = {k: statistics.median(r[k] for r in stage_runs) for k in stage_runs[0]}
     b = len(reqs)
     in_engine = stages.get("encode_ms")

@@ -61,9 +61,8 @@ class PromptEncoder:
     `mode` and `options` are the engine's (FastCall); `compiled` False: captured (in
     "cuda-graphs" mode) but not compiled, for the shorter cold start of `--compile-scope
     blocks`. `batch_sizes` are its buckets: a batch of misses is padded to the smallest that
-    holds it (eager calls are not padded). `cache` holds
-    the embeddings (the engine's, whose hit and miss counts go to /metrics). Call from the
-    engine thread."""
+    holds it (eager calls are not padded). `cache` holds the embeddings (the engine's, whose
+    hit and miss counts go to /metrics). Call from the engine thread."""
 
     def __init__(self, c: Components, device: torch.device, mode: str,
                  options: dict[str, Any], batch_sizes: Sequence[int],

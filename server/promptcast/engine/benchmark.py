@@ -6,8 +6,9 @@ and nothing needs downloading. The benchmark:
 1. builds the architecture (engine/archs.py) on the device;
 2. times the stock diffusers pipeline on it, same settings, batch 1, prompt embedding cached;
 3. loads the same components into the engine (fused QKV, compiled, CUDA graphs per bucket
-   when asked), warms every bucket, and times each batch size: per-stage milliseconds, frames/s,
-   and the server-side keystroke-to-frame time of a prompt the cache has never seen;
+   when asked) and, one batch size at a time (batch 1 first), warms its bucket and times it:
+   per-stage milliseconds, frames/s; at batch 1 also the server-side keystroke-to-frame time of
+   a prompt the cache has never seen and, on CUDA, the host syncs of a frame;
 4. prints a table with the speed-up over the stock pipeline, measured in the same run.
 
 The stock pipeline runs first, on the untouched modules: the engine's set-up (QKV fusion,

@@ -4,6 +4,7 @@ tiny SDXL-Turbo of the hub fixtures (two encoders and a pooled embedding)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ from promptcast.core.scheduler import RenderRequest
 from promptcast.engine import prompts
 from promptcast.engine.pipeline import Engine
 from promptcast.engine.prompt_cache import LRUCache
-from promptcast.engine.prompts import Conditioning, PromptEncoder
+from promptcast.engine.prompts import (
+    Conditioning,
+    PromptEncoder,
+    fit,
+    fits_from_unpadded,
+    padded_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +102,52 @@ def test_a_cache_smaller_than_the_batch_still_serves_every_prompt(engine: Engine
 def test_truncation_is_told_per_prompt_of_a_batch(sdxl: Engine) -> None:
     looked_up = fresh_encoder(sdxl).lookup(["short", " ".join(["word"] * 76), " ".join(["word"] * 75)])
     assert [c.truncated for c, _ in looked_up] == [False, True, False]
+
+
+TEXTS = ["a red circle", "", "  spaces   around  ", "UPPER case, punctuation; and 123 numbers!",
+         "naïve café — 東京 🎨", " ".join(["word"] * 75), " ".join(["word"] * 76),
+         " ".join(["a long prompt"] * 40)]
+
+
+@pytest.mark.parametrize("arch", ["sd", "sdxl"])
+def test_token_ids_fitted_from_one_tokenization_are_the_tokenizers_own(
+    engine: Engine, sdxl: Engine, arch: str,
+) -> None:
+    eng = engine if arch == "sd" else sdxl
+    encoder = fresh_encoder(eng)
+    first = eng.c.tokenizer
+    if arch == "sd":
+        assert encoder._sources == [first]
+    else:  # the second's pad token "!" is special: it splits "!?" where the first does not
+        assert encoder._sources == [first, eng.c.tokenizer_2]
+        assert not fits_from_unpadded(eng.c.tokenizer_2, first)
+    for tokenizer, source in zip(encoder._tokenizers, encoder._sources, strict=True):
+        fitted = torch.tensor([fit(tokens, tokenizer) for tokens in source(TEXTS).input_ids])
+        assert torch.equal(fitted, padded_ids(tokenizer, TEXTS))
+
+
+def test_a_tokenizer_with_another_vocabulary_tokenizes_on_its_own(
+    engine: Engine, tmp_path: Path,
+) -> None:
+    # The embedded tokenizer with the ids of two words swapped: same files otherwise.
+    engine.c.tokenizer.save_pretrained(tmp_path)
+    saved = tmp_path / "tokenizer.json"
+    spec = json.loads(saved.read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["cat</w>"], vocab["dog</w>"] = vocab["dog</w>"], vocab["cat</w>"]  # no probe has them
+    saved.write_text(json.dumps(spec))
+    swapped = type(engine.c.tokenizer).from_pretrained(tmp_path)
+    assert not fits_from_unpadded(swapped, engine.c.tokenizer)
+    assert fits_from_unpadded(engine.c.tokenizer, engine.c.tokenizer)
+
+
+def test_the_tokenizers_own_padding_gives_the_same_conditioning(engine: Engine, sdxl: Engine) -> None:
+    for eng in (engine, sdxl):
+        fast, own = fresh_encoder(eng), fresh_encoder(eng)
+        own._sources = [None] * len(own._sources)  # as for tokenizers `fit` does not match
+        for (a, _), (b, _) in zip(fast.lookup(TEXTS), own.lookup(TEXTS), strict=True):
+            assert same(a, b) and a.truncated == b.truncated
+        assert [c.truncated for c, _ in fast.lookup(TEXTS)] == [False] * 5 + [False, True, True]
 
 
 def test_cached_embeddings_do_not_share_the_batch_they_were_encoded_in(engine: Engine) -> None:

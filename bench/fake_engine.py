@@ -7,8 +7,10 @@ how fast this machine runs a UNet. It implements what the runtime calls on an En
 
 from __future__ import annotations
 
+import statistics
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +33,10 @@ class FixedTimeEngine:
         self.prompt_cache = SimpleNamespace(hits=0, misses=0)
         self.c = SimpleNamespace(vae=None, full_vae=None)
         self.faults = 0
+        # Between one batch's end and the next one's start: under a load that always has a job
+        # waiting, the time the server's dispatch kept a GPU idle.
+        self.idle_ms: deque[float] = deque(maxlen=100_000)
+        self._last_end: float | None = None
 
     def load(self) -> None:
         pass
@@ -40,7 +46,17 @@ class FixedTimeEngine:
 
     def model_info(self) -> dict[str, object]:
         return {"name": "fixed-time fake engine", "preset": "fake", "family": "fake",
-                "step_ms": self.step_s * 1e3, "batch_sizes": [self.max_batch]}
+                "step_ms": self.step_s * 1e3, "batch_sizes": [self.max_batch],
+                "idle_between_batches_ms": self._idle_summary()}
+
+    def _idle_summary(self) -> dict[str, float]:
+        idle = sorted(self.idle_ms)
+        if not idle:
+            return {}
+        def at(q: float) -> float:
+            return round(idle[min(len(idle) - 1, int(q * len(idle)))], 3)
+        return {"n": len(idle), "mean": round(statistics.fmean(idle), 3), "p50": at(0.5),
+                "p90": at(0.9), "p99": at(0.99), "max": round(idle[-1], 3)}
 
     def refine_steps(self, requested: int | None) -> int:
         return 2
@@ -50,12 +66,18 @@ class FixedTimeEngine:
         jpeg: Sequence[bool] = (),
     ) -> list[Rendered]:
         """Never encodes JPEGs (the server's worker threads do), like the engine on a CPU."""
-        time.sleep(self.step_s * reqs[0].steps)  # one batch costs the same at any size, as on a GPU
-        if any(FAULT in r.text for r in reqs):
-            self.faults += 1
-            raise RuntimeError("injected engine fault")
-        timings = {"text_encode_ms": 0.0, "denoise_ms": self.step_s * 1e3, "decode_ms": 0.0}
-        return [Rendered(self._pixels(r), dict(timings), True, len(reqs)) for r in reqs]
+        start = time.perf_counter()
+        if self._last_end is not None:
+            self.idle_ms.append((start - self._last_end) * 1e3)
+        try:
+            time.sleep(self.step_s * reqs[0].steps)  # a batch costs the same at any size, as on a GPU
+            if any(FAULT in r.text for r in reqs):
+                self.faults += 1
+                raise RuntimeError("injected engine fault")
+            timings = {"text_encode_ms": 0.0, "denoise_ms": self.step_s * 1e3, "decode_ms": 0.0}
+            return [Rendered(self._pixels(r), dict(timings), True, len(reqs)) for r in reqs]
+        finally:
+            self._last_end = time.perf_counter()
 
     def recover(self, exc: BaseException) -> None:
         pass

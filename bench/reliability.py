@@ -129,6 +129,11 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
         report["healthz_ms"] = {"p50": round(percentile(health, 50), 1),
                                 "p99": round(percentile(health, 99), 1), "samples": len(health)}
         report["server_rss_mb"] = round(rss_mb(proc), 1)
+        ready = json.loads(urllib.request.urlopen(base + "/readyz", timeout=5).read())
+        report["engine_idle_between_batches_ms"] = ready["model"]["idle_between_batches_ms"]
+        delay_s = metric(base, "promptcast_engine_start_delay_seconds_sum")
+        batches = metric(base, "promptcast_engine_start_delay_seconds_count")
+        report["engine_start_delay_mean_ms"] = round(delay_s / batches * 1e3, 3) if batches else None
         return report
 
 

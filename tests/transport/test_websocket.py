@@ -7,6 +7,7 @@ import io
 import json
 import re
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -310,6 +311,32 @@ async def test_waiting_sessions_of_one_size_render_as_one_batch(engine: Engine) 
         _status, metrics = await http_get(srv.http_url + "/metrics")
         assert 'promptcast_batch_size_bucket{le="2.0"} 3.0' in metrics  # hold, 128 px, the pair
         for c in (holder, *clients):
+            await c.close()
+
+
+async def test_the_engine_takes_its_next_batch_without_waiting_for_the_event_loop(
+    engine: Engine,
+) -> None:
+    fake = flaky(engine)
+    async with run_server(fake) as srv:
+        holder = await hold_engine(srv, fake)
+        small, _ = await connect(srv.ws_url)
+        large, _ = await connect(srv.ws_url)
+        await small.send(prompt(1, "a small cat", width=64, height=64))
+        await large.send(prompt(1, "a large cat", width=128, height=128))  # a batch of its own
+        await asyncio.sleep(0.3)  # both wait behind the held render
+        fake.release.set()
+        # The loop stays blocked (as by a long callback) while the engine finishes the held
+        # render and starts both waiting batches: they must not wait for the loop's next turn.
+        deadline = time.monotonic() + 20
+        while len(fake.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocking the loop: the point of this test
+        assert sorted(fake.batches) == [["a large cat"], ["a small cat"]]
+        assert (await frames_until(small, 1))[-1][0]["seq"] == 1
+        assert (await frames_until(large, 1))[-1][0]["seq"] == 1
+        _status, metrics = await http_get(srv.http_url + "/metrics")
+        assert "promptcast_engine_start_delay_seconds_count 3.0" in metrics  # hold and the two
+        for c in (holder, small, large):
             await c.close()
 
 

@@ -50,6 +50,13 @@ class Metrics:
             "promptcast_batch_size", "Jobs of different sessions rendered together as one batch",
             buckets=(1, 2, 4, 8, 16), registry=r,
         )
+        self.start_delay = Histogram(
+            "promptcast_engine_start_delay_seconds",
+            "Per batch: how long the engine stood idle while the batch's first job waited (from "
+            "the later of that job's arrival and the end of the last batch, to the start)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "promptcast_event_loop_lag_seconds",
             "How late a 10 ms timer fired once ready: how long a stalled loop held up every client",

@@ -1,8 +1,11 @@
 """The loop that feeds the engine from the scheduler and hands frames to the transports.
 
-Everything here runs on the event loop except engine calls (on the engine thread) and JPEG
-encoding (on a helper thread, so the engine can start the next frame meanwhile). The core
-objects (sessions, scheduler, frame slots) are only touched from the event loop.
+Everything here runs on the event loop except the engine's side (on the engine thread) and JPEG
+encoding (on a helper thread, so the engine can start the next frame meanwhile). The engine
+thread takes its next batch from the scheduler itself, as soon as the last batch is rendered,
+and hands the frames to the loop: the GPU never waits for the loop to get a turn (with many
+clients the loop is busy for milliseconds at a time). So the scheduler is shared, behind a
+lock; every other core object (sessions, frame slots, viewers) is only touched from the loop.
 """
 
 from __future__ import annotations
@@ -179,7 +182,8 @@ class Runtime:
         self.config = config
         self.engine = engine
         self.metrics = metrics
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler()  # shared with the engine thread: hold _lock to touch it
+        self._lock = threading.Lock()
         self.frame_drops: Counter[str] = Counter()
         self.connections: dict[str, Connection] = {}
         # MJPEG viewers: the policy (feeds, channels, cap) is core's; here, who to wake.
@@ -197,7 +201,9 @@ class Runtime:
         # thread between UNet steps and gives way.
         self._preempt = threading.Event()
         self.refine: RefinePolicy | None = None
-        self._work = asyncio.Event()
+        self._work = threading.Event()  # set when a job is submitted, or to stop the engine loop
+        self._stopping = False  # the engine loop ends after the batch in flight (under _lock)
+        self._batch_ended = time.monotonic()  # when the engine finished its last batch
         self._tasks: set[asyncio.Task[None]] = set()
         self._started: asyncio.Task[None] | None = None
         self._lag_watch: asyncio.Task[None] | None = None
@@ -283,6 +289,10 @@ class Runtime:
         self.drain()
         self.ready = False
         self.metrics.ready.set(0)
+        with self._lock:
+            self._stopping = True
+        self._work.set()
+        self._preempt.set()  # a refine in flight gives way
         if self._lag_watch is not None:
             self._lag_watch.cancel()
         if self._started is not None:
@@ -352,7 +362,8 @@ class Runtime:
         if conn.idle_timer is not None:
             conn.idle_timer.cancel()
         conn.frames.close()
-        self.scheduler.remove_session(conn.session.id)
+        with self._lock:
+            self.scheduler.remove_session(conn.session.id)
         self.connections.pop(conn.session.id, None)
         self._wake_feeds(self.viewers.remove_session(conn.session.id))
 
@@ -414,7 +425,8 @@ class Runtime:
                 self._reply(conn, action)
 
     def _submit(self, job: Job) -> None:
-        self.scheduler.submit(job)
+        with self._lock:
+            self.scheduler.submit(job)
         self._work.set()
 
     def _reply(self, conn: Connection, action: Reply) -> None:
@@ -444,72 +456,98 @@ class Runtime:
     # ------------------------------------------------------------ the engine loop
 
     async def _dispatch(self) -> None:
-        # One batch at a time goes to the engine, and only when the engine is free: there is
-        # never a queue in front of the GPU, so the newest prompts are what run next.
-        while True:
-            batch = self.scheduler.next_batch(self.engine.max_batch)
-            if not batch:
-                self._work.clear()
-                await self._work.wait()
-                continue
-            started = time.monotonic()
-            cancelled = None
-            if batch[0].refined:  # refines are batched only with refines
-                self._preempt.clear()
-                if self.scheduler.has_update_waiting():
-                    self._preempt.set()
-                cancelled = self._preempt.is_set
-            try:
-                frames = await self._render(batch, cancelled)
-            except RenderCancelled:
-                for job in batch:
-                    self.scheduler.finish(job, preempted=True)
-                continue
-            self.metrics.batch_size.observe(len(batch))
-            for job, rendered in zip(batch, frames, strict=True):
-                self.scheduler.finish(job)
-                if isinstance(rendered, Exception):
-                    self._render_failed(job, rendered)
-                    continue
-                self.metrics.rendered.inc()
-                conn = self.connections.get(job.session_id)
-                if conn is not None and not job.refined:
-                    conn.session.frame_rendered(job, time.monotonic())
-                    self._schedule_refine(conn)
-                    self._notice_truncation(conn, job, rendered.prompt_truncated)
-                self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+        # One batch at a time goes to the engine, taken when the engine is free: there is never
+        # a queue in front of the GPU, so the newest prompts are what run next.
+        loop = asyncio.get_running_loop()
+        try:
+            await self._thread.serve(self._next_batch, lambda batch: self._run_batch(batch, loop))
+        except Exception as exc:  # a bug: no frame would ever come again, so say so
+            log.exception("the engine loop failed")
+            self.failure = exc
 
-    async def _render(
+    def _next_batch(self) -> list[Job] | None:
+        """On the engine thread: the next batch to render, waiting for one; None to stop."""
+        while True:
+            self._work.clear()  # before looking: a job submitted after the look sets it again
+            with self._lock:
+                if self._stopping:
+                    return None
+                batch = self.scheduler.next_batch(self.engine.max_batch)
+                if batch and batch[0].refined:  # refines are batched only with refines
+                    self._preempt.clear()
+                    if self.scheduler.has_update_waiting():
+                        self._preempt.set()
+            if batch:
+                return batch
+            self._work.wait()
+
+    def _run_batch(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+        """On the engine thread: render `batch`, free its sessions for their next jobs, and
+        hand the frames to the loop."""
+        started = time.monotonic()
+        # How long the engine stood idle while this batch's first job waited: the host's share
+        # of its keystroke latency (and of a GPU's idle time) between two frames.
+        self.metrics.start_delay.observe(
+            max(0.0, started - max(self._batch_ended, min(j.received_at for j in batch))))
+        cancelled = self._preempt.is_set if batch[0].refined else None
+        try:
+            frames: list[Rendered | Exception] | None = self._render(batch, cancelled)
+        except RenderCancelled:
+            frames = None
+        self._batch_ended = time.monotonic()
+        with self._lock:
+            for job in batch:
+                self.scheduler.finish(job, preempted=frames is None)
+        if frames is not None:
+            loop.call_soon_threadsafe(self._rendered, batch, frames, started)
+
+    def _rendered(self, batch: list[Job], frames: list[Rendered | Exception], started: float
+                  ) -> None:
+        """On the loop: a batch's frames (or the exception each render raised) to deliver."""
+        self.metrics.batch_size.observe(len(batch))
+        for job, rendered in zip(batch, frames, strict=True):
+            if isinstance(rendered, Exception):
+                self._render_failed(job, rendered)
+                continue
+            self.metrics.rendered.inc()
+            conn = self.connections.get(job.session_id)
+            if conn is not None and not job.refined:
+                conn.session.frame_rendered(job, time.monotonic())
+                self._schedule_refine(conn)
+                self._notice_truncation(conn, job, rendered.prompt_truncated)
+            self.spawn(self._deliver(job, rendered, queue_s=started - job.received_at))
+
+    def _render(
         self, batch: list[Job], cancelled: Callable[[], bool] | None
     ) -> list[Rendered | Exception]:
-        """Each job's frame, or the exception its rendering raised. A batch that fails is
-        rendered again job by job, so one request's fault is reported to its session only
-        and the others still get their frames."""
+        """On the engine thread: each job's frame, or the exception its rendering raised. A
+        batch that fails is rendered again job by job, so one request's fault is reported to its
+        session only and the others still get their frames."""
         requests = [job.request for job in batch]
         jpeg = [self._wants_jpeg(job) for job in batch]
         try:
-            return list(await self._thread.run(self.engine.render_batch, requests, cancelled, jpeg))
+            return list(self.engine.render_batch(requests, cancelled, jpeg))
         except RenderCancelled:
             raise
         except Exception as exc:
-            await self._recover(exc)
+            self._recover(exc)
             if len(batch) == 1:
                 return [exc]
         results: list[Rendered | Exception] = []
         for request, want in zip(requests, jpeg, strict=True):
             try:
-                results.append(await self._thread.run(self.engine.render, request, cancelled, want))
+                results.append(self.engine.render(request, cancelled, want))
             except RenderCancelled:
                 raise
             except Exception as exc:
-                await self._recover(exc)
+                self._recover(exc)
                 results.append(exc)
         return results
 
-    async def _recover(self, exc: Exception) -> None:
+    def _recover(self, exc: Exception) -> None:
         """Let the engine free what a failed render left (device memory after an OOM)."""
         try:
-            await self._thread.run(self.engine.recover, exc)
+            self.engine.recover(exc)
         except Exception:
             log.exception("the engine could not recover after a failed render")
 
@@ -583,9 +621,10 @@ class Runtime:
             conn.send(error)
 
     def _wants_jpeg(self, job: Job) -> bool:
-        """Whether job's frame is to be encoded by the engine, asked before it renders.
-        _deliver decides again when the frame is done (and encodes on the CPU if the engine
-        did not)."""
+        """Whether job's frame is to be encoded by the engine, asked before it renders, on the
+        engine thread. It reads the loop's state (dictionary lookups, atomic under the GIL); a
+        stale answer costs an encode, never a frame: _deliver decides again when the frame is
+        done (and encodes on the CPU if the engine did not)."""
         conn = self.connections.get(job.session_id)
         return conn is not None and self._jpeg_wanted(conn, job.session_id)
 
@@ -633,8 +672,10 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     def _snapshot(self) -> dict[str, object]:
+        with self._lock:  # the engine thread counts preempted refines
+            jobs_dropped = Counter(self.scheduler.dropped)
         return {
-            "jobs_dropped": self.scheduler.dropped,
+            "jobs_dropped": jobs_dropped,
             "frames_dropped": self.frame_drops,
             "prompt_cache_hits": self.engine.prompt_cache.hits,
             "prompt_cache_misses": self.engine.prompt_cache.misses,

@@ -1,7 +1,9 @@
 """The one thread that owns the device.
 
-All torch work (loading, warm-up, rendering) is submitted here, one call at a time, so CUDA
-state is only ever touched from one thread and the event loop never blocks on the GPU.
+All torch work (loading, warm-up, rendering) runs here, one call at a time, so CUDA state is
+only ever touched from one thread and the event loop never blocks on the GPU. Once the model is
+warm, the thread serves batches in a loop of its own (`serve`): it takes the next batch itself
+the moment the last one is done, so the GPU never waits for the event loop to get a turn.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+Item = TypeVar("Item")
 
 T = TypeVar("T")
 
@@ -23,6 +27,15 @@ class EngineThread:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, fn, *args)
 
+    async def serve(self, wait: Callable[[], Item | None], work: Callable[[Item], None]) -> None:
+        """On the thread, until `wait` returns None: `wait` for the next item (blocking while
+        there is none), then `work` on it. Only `work` counts as busy (`busy_for`)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._serve, wait, work)
+
+    def _serve(self, wait: Callable[[], Item | None], work: Callable[[Item], None]) -> None:
+        while (item := wait()) is not None:
+            self._timed(work, item)
+
     def _timed(self, fn: Callable[..., T], *args: object) -> T:
         self._busy_since = time.monotonic()
         try:
@@ -31,7 +44,7 @@ class EngineThread:
             self._busy_since = None
 
     def busy_for(self) -> float:
-        """Seconds the call in flight has been running; 0 when idle. A GPU step that never
+        """Seconds the call (or served item) in flight has been running; 0 when idle. A GPU step that never
         returns (a hung kernel, a deadlock) shows up here, for /readyz."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since

@@ -290,6 +290,13 @@ def test_img2img_matches_the_stock_img2img_pipeline(
     image = _init_image(size)
     req = RenderRequest(PROMPT, SEED, steps, size, size, image, strength)
     ours = render_with_latents(eng, req, monkeypatch)
+    # The next frame of the same schedule uses what the first worked out, and leaves the
+    # scheduler alone (its add_noise would copy its tables to the device every frame).
+    with monkeypatch.context() as m:
+        m.setattr(eng.scheduler, "add_noise", None)
+        m.setattr(eng.scheduler, "set_timesteps", None)
+        again = render_with_latents(eng, req, m)
+    torch.testing.assert_close(again[1], ours[1], atol=0, rtol=0)
     text2img = stock_pipeline(eng)
     if eng.preset.family == "lcm":
         from diffusers import LatentConsistencyModelImg2ImgPipeline as Img2Img

@@ -47,6 +47,7 @@ from promptcast.engine.sampling import (
     step_call,
     step_noise,
     supports,
+    to_device,
 )
 from promptcast.engine.stage_clock import StageClock
 
@@ -104,6 +105,9 @@ class Engine:
         # each prompt edit, so one encode serves them all.
         self._init_latents: LRUCache[torch.Tensor] = LRUCache(8)
         self._plans: dict[int, StepPlan] = {}  # txt2img schedules by step count
+        # img2img by (steps, strength): the plan and how the init latents are noised to its
+        # first step, latents = a * init + b * noise (None: the scheduler has no plan)
+        self._img2img_plans: dict[tuple[int, float], tuple[StepPlan, float, float] | None] = {}
         self._time_id_rows: dict[tuple[int, int, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------ start-up
@@ -358,21 +362,39 @@ class Engine:
             (req.image, req.width, req.height),
             lambda: self._encode_image(decode_image(req.image or b"", req.width, req.height)),
         )
-        start = 0
-        if self.preset.family == "lcm":
-            self.scheduler.set_timesteps(req.steps, device=self.device, strength=req.strength)
-            timesteps: torch.Tensor = self.scheduler.timesteps
-        else:
-            all_timesteps = self._set_timesteps(req.steps)
-            run = max(1, min(int(req.steps * req.strength), req.steps))  # at least one step
-            start = (req.steps - run) * self.scheduler.order
-            timesteps = all_timesteps[start:]
-            self.scheduler.set_begin_index(start)
         # Drawn from the step generator first, in the order the stock pipelines draw.
-        noise = torch.randn(init.shape, generator=gen).to(self.device, self.dtype)
-        latents = self.scheduler.add_noise(init, noise, timesteps[:1])
-        plan = plan_steps(self.scheduler, self.device, start) if self._planned else None
-        return (timesteps if plan is None else plan), latents
+        noise = torch.randn(init.shape, generator=gen, dtype=self.dtype)
+        key = (req.steps, req.strength)
+        if key not in self._img2img_plans:
+            timesteps, start = self._img2img_timesteps(req.steps, req.strength)
+            plan = plan_steps(self.scheduler, self.device, start) if self._planned else None
+            # The scheduler's noising is linear in the image and the noise: its coefficients,
+            # from its own add_noise on units, once per schedule (it would copy its tables to
+            # the device and wait for them on every frame).
+            unit, zero = torch.ones(1), torch.zeros(1)
+            a = float(self.scheduler.add_noise(unit, zero, timesteps[:1]))
+            b = float(self.scheduler.add_noise(zero, unit, timesteps[:1]))
+            self._img2img_plans[key] = None if plan is None else (plan, a, b)
+        planned = self._img2img_plans[key]
+        if planned is None:  # diffusers' step runs: its scheduler is set up for every frame
+            timesteps, _ = self._img2img_timesteps(req.steps, req.strength)
+            latents = self.scheduler.add_noise(init, noise.to(self.device), timesteps[:1])
+            return timesteps, latents
+        plan, a, b = planned
+        return plan, init * a + to_device(noise, self.device) * b
+
+    def _img2img_timesteps(self, steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """Set the scheduler up for img2img; its timesteps and where they begin in its table.
+        As the stock pipelines do: LCM shortens its schedule and still takes `steps` steps;
+        the others skip the first (1 - strength) of `steps`."""
+        if self.preset.family == "lcm":
+            self.scheduler.set_timesteps(steps, device=self.device, strength=strength)
+            return self.scheduler.timesteps, 0
+        all_timesteps = self._set_timesteps(steps)
+        run = max(1, min(int(steps * strength), steps))  # at least one step
+        start = (steps - run) * self.scheduler.order
+        self.scheduler.set_begin_index(start)
+        return all_timesteps[start:], start
 
     def _encode_image(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, C, H/8, W/8) latents in the UNet's scale."""

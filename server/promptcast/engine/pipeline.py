@@ -106,8 +106,9 @@ class Engine:
         self._init_latents: LRUCache[torch.Tensor] = LRUCache(8)
         self._plans: dict[int, StepPlan] = {}  # txt2img schedules by step count
         # img2img by (steps, strength): the plan and how the init latents are noised to its
-        # first step, latents = a * init + b * noise (None: the scheduler has no plan)
-        self._img2img_plans: dict[tuple[int, float], tuple[StepPlan, float, float] | None] = {}
+        # first step, latents = a * init + b * noise (None: the scheduler has no plan). An LRU:
+        # a client's strength slider may send any number of strengths.
+        self._img2img_plans: LRUCache[tuple[StepPlan, float, float] | None] = LRUCache(64)
         self._time_id_rows: dict[tuple[int, int, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------ start-up
@@ -364,24 +365,29 @@ class Engine:
         )
         # Drawn from the step generator first, in the order the stock pipelines draw.
         noise = torch.randn(init.shape, generator=gen, dtype=self.dtype)
-        key = (req.steps, req.strength)
-        if key not in self._img2img_plans:
-            timesteps, start = self._img2img_timesteps(req.steps, req.strength)
-            plan = plan_steps(self.scheduler, self.device, start) if self._planned else None
-            # The scheduler's noising is linear in the image and the noise: its coefficients,
-            # from its own add_noise on units, once per schedule (it would copy its tables to
-            # the device and wait for them on every frame).
-            unit, zero = torch.ones(1), torch.zeros(1)
-            a = float(self.scheduler.add_noise(unit, zero, timesteps[:1]))
-            b = float(self.scheduler.add_noise(zero, unit, timesteps[:1]))
-            self._img2img_plans[key] = None if plan is None else (plan, a, b)
-        planned = self._img2img_plans[key]
+        planned = self._img2img_plans.get_or_compute(
+            (req.steps, req.strength), lambda: self._img2img_plan(req.steps, req.strength),
+        )[0] if self._planned else None
         if planned is None:  # diffusers' step runs: its scheduler is set up for every frame
             timesteps, _ = self._img2img_timesteps(req.steps, req.strength)
             latents = self.scheduler.add_noise(init, noise.to(self.device), timesteps[:1])
             return timesteps, latents
         plan, a, b = planned
         return plan, init * a + to_device(noise, self.device) * b
+
+    def _img2img_plan(self, steps: int, strength: float) -> tuple[StepPlan, float, float] | None:
+        """img2img's plan, and (a, b) of its start a * init + b * noise; None without a plan.
+        The scheduler's noising is linear in the image and the noise: its coefficients come from
+        its own add_noise on units, once per schedule (it would copy its tables to the device,
+        and wait for them, on every frame)."""
+        timesteps, start = self._img2img_timesteps(steps, strength)
+        plan = plan_steps(self.scheduler, self.device, start) if self._planned else None
+        if plan is None:
+            return None
+        unit, zero = torch.ones(1), torch.zeros(1)
+        a = float(self.scheduler.add_noise(unit, zero, timesteps[:1]))
+        b = float(self.scheduler.add_noise(zero, unit, timesteps[:1]))
+        return plan, a, b
 
     def _img2img_timesteps(self, steps: int, strength: float) -> tuple[torch.Tensor, int]:
         """Set the scheduler up for img2img; its timesteps and where they begin in its table.

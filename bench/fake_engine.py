@@ -63,9 +63,10 @@ class FixedTimeEngine:
 
     def render_batch(
         self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None,
-        jpeg: Sequence[bool] = (),
+        jpeg: Sequence[bool] = (), video: Sequence[bool] = (),
     ) -> list[Rendered]:
-        """Never encodes JPEGs (the server's worker threads do), like the engine on a CPU."""
+        """Never encodes JPEGs nor makes I420 (the server's worker threads do), like the engine on
+        a CPU."""
         start = time.perf_counter()
         if self._last_end is not None:
             self.idle_ms.append((start - self._last_end) * 1e3)
@@ -82,7 +83,8 @@ class FixedTimeEngine:
     def recover(self, exc: BaseException) -> None:
         pass
 
-    def render(self, req: RenderRequest, cancelled: Any = None, jpeg: bool = False) -> Rendered:
+    def render(self, req: RenderRequest, cancelled: Any = None, jpeg: bool = False,
+               video: bool = False) -> Rendered:
         return self.render_batch([req], cancelled)[0]
 
     @staticmethod

@@ -70,9 +70,10 @@ def device_jpeg_engine() -> Iterator[Any]:
     class RecordingEngine(Engine):
         asked: ClassVar[list[tuple[str, bool]]] = []
 
-        def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> Any:
+        def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = (), video: Any = ()
+                         ) -> Any:
             self.asked.extend((r.text, i < len(jpeg) and jpeg[i]) for i, r in enumerate(reqs))
-            return super().render_batch(reqs, cancelled, jpeg)
+            return super().render_batch(reqs, cancelled, jpeg, video)
 
     eng = RecordingEngine(EngineConfig(jpeg_encode="device"))
     eng.load()

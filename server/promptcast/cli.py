@@ -136,6 +136,10 @@ def _serve_parser(sub: Any) -> None:
           "who encodes frames to JPEG: device (the engine, right after decoding: nvJPEG on a GPU, "
           "which needs torchvision); cpu (a worker thread beside the next render); auto: device "
           "on a GPU where nvJPEG works, else cpu", choices=["auto", "device", "cpu"])
+    o.add("--video-convert", "PROMPTCAST_VIDEO_CONVERT", "auto",
+          "who converts frames for WebRTC video to the encoder's I420: device (the engine, right "
+          "after decoding); cpu (a worker thread, libswscale: milliseconds a frame); auto: device "
+          "on a GPU, else cpu", choices=["auto", "device", "cpu"])
     o.add("--refine-after-ms", "PROMPTCAST_REFINE_AFTER_MS", 300,
           "when a client has been idle this long after its last update, send one higher-quality "
           "frame of the same picture (same seq, \"refined\": true); 0 turns refining off",
@@ -182,7 +186,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             name: getattr(args, name)
             for name in ("device", "dtype", "guidance", "max_steps", "sizes", "size",
                          "prompt_cache_size", "cpu_threads", "batch_sizes", "compile",
-                         "compile_cache", "compile_tuning", "compile_scope", "jpeg_encode")
+                         "compile_cache", "compile_tuning", "compile_scope", "jpeg_encode",
+                         "video_convert")
             if hasattr(args, name)
         },
         **({"jpeg_quality": min(args.jpeg_quality, 95)} if hasattr(args, "jpeg_quality") else {}),

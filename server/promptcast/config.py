@@ -28,6 +28,7 @@ class EngineConfig:
     compile_scope: str = "whole"  # whole | blocks: compile the UNet whole or by its repeated blocks
     jpeg_quality: int = 85
     jpeg_encode: str = "auto"  # auto | device | cpu: who encodes JPEGs (engine/image.py)
+    video_convert: str = "auto"  # auto | device | cpu: who makes video frames' I420 (engine/yuv.py)
 
 
 @dataclass(frozen=True)

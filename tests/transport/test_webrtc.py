@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from promptcast.config import EngineConfig
+from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.pipeline import Engine
 from promptcast.transport import webrtc
 from promptcast.transport.webrtc import MIN_PTS_GAP, LatestFrameTrack
@@ -109,6 +111,47 @@ async def test_an_engine_that_encodes_jpegs_skips_the_frames_that_go_to_video(
     asked = dict(device_jpeg_engine.asked)  # type: ignore[attr-defined]
     assert asked["a green square before video"] is True
     assert asked["a green square on video"] is False
+
+
+@pytest.fixture(scope="module")
+def video_engine() -> Engine:
+    """The embedded model with `--video-convert device`: the engine makes the I420 planes of
+    frames bound for video (as on a GPU; here, on the CPU, in the engine's thread)."""
+    eng = Engine(EngineConfig(video_convert="device"))
+    eng.load()
+    eng.warm_up()
+    assert eng.converts_video
+    return eng
+
+
+@pytest.mark.parametrize("device_planes", [True, False])
+async def test_video_shows_the_rendered_picture_from_either_conversion(
+    engine: Engine, video_engine: Engine, device_planes: bool, monkeypatch: Any,
+) -> None:
+    eng = video_engine if device_planes else engine
+    planes_given: list[bool] = []
+    convert = webrtc.video_frame
+    monkeypatch.setattr(webrtc, "video_frame",
+                        lambda pixels, yuv: planes_given.append(yuv is not None) or convert(pixels, yuv))
+    async with run_server(eng, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        pc, track, metas = await open_video(ws)
+        await ws.send(json.dumps({"type": "prompt", "seq": 1, "text": "a blue circle", "seed": 7,
+                                  "width": 64, "height": 64}))
+        frame = await asyncio.wait_for(track.recv(), 20)  # the only picture rendered
+        for _ in range(200):
+            if metas:
+                break
+            await asyncio.sleep(0.05)
+        await pc.close()
+        await ws.close()
+    assert planes_given and set(planes_given) == {device_planes}
+    [meta] = metas[:1]
+    want = eng.render(RenderRequest("a blue circle", meta["seed"], meta["steps"], 64, 64)).pixels
+    got = frame.to_ndarray(format="rgb24")
+    diff = np.abs(got.astype(int) - want.astype(int)).mean(axis=(0, 1))  # per colour channel
+    print("mean difference per channel", diff)
+    assert (diff < 8).all(), diff  # VP8 at 64 px loses detail, not colour
 
 
 async def test_closing_the_socket_frees_the_peer(engine: Engine) -> None:

@@ -237,7 +237,8 @@ class FlakyEngine(Engine):
     keeps the engine busy until released, so that other sessions' jobs wait and then run
     as one batch."""
 
-    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> list[Rendered]:
+    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = (), video: Any = ()
+                     ) -> list[Rendered]:
         if reqs[0].text == "hold":
             self.holding.set()
             assert self.release.wait(20)
@@ -245,7 +246,7 @@ class FlakyEngine(Engine):
             self.batches.append([r.text for r in reqs])
         if any(r.text == "boom" for r in reqs):
             raise RuntimeError("simulated device fault")
-        return super().render_batch(reqs, cancelled, jpeg)
+        return super().render_batch(reqs, cancelled, jpeg, video)
 
     def recover(self, exc: BaseException) -> None:
         self.recoveries.append(str(exc))
@@ -392,7 +393,8 @@ class SlowRefineEngine(Engine):
 
     refine_started: Any = None
 
-    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = ()) -> list[Rendered]:
+    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = (), video: Any = ()
+                     ) -> list[Rendered]:
         if reqs[0].steps == 4 and cancelled is not None:
             import threading
             import time
@@ -405,7 +407,7 @@ class SlowRefineEngine(Engine):
                     raise RenderCancelled
                 time.sleep(0.01)
             assert isinstance(self.refine_started, threading.Event)
-        return super().render_batch(reqs, cancelled, jpeg)
+        return super().render_batch(reqs, cancelled, jpeg, video)
 
 
 async def test_an_update_never_waits_behind_a_running_refine(engine: Engine) -> None:

@@ -34,6 +34,7 @@ from promptcast.engine.image import encode_jpeg
 from promptcast.engine.kernel_profile import profile_frames
 from promptcast.engine.pipeline import Engine, resolve_device, resolve_dtype
 from promptcast.engine.presets import PRESETS
+from promptcast.engine.yuv import i420_from_rgb, video_frame
 
 # The preset (sampling recipe) each architecture is benchmarked with, and a guidance override:
 # SD 1.5 with LCM sampling at guidance 1 (no classifier-free guidance), like LCM-LoRA.
@@ -55,6 +56,10 @@ class BatchResult:
     unet_step_ms: float
     encode_ms: float  # JPEG of one frame on the CPU, as the server's worker threads do it
     engine_encode_ms: float | None = None  # JPEG of one frame in the engine (nvJPEG on a GPU)
+    # I420 of one frame for a video track: on the CPU (libswscale, as the track's worker thread
+    # makes it without the engine's planes) and on the render device (engine/yuv.py)
+    video_cpu_ms: float = 0.0
+    video_device_ms: float = 0.0
 
 
 @dataclass
@@ -252,12 +257,16 @@ def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
     encode_ms = median_ms(lambda: encode_jpeg(pixels, 85), torch.device("cpu"), iterations)
     stages = {k: statistics.median(r[k] for r in stage_runs) for k in stage_runs[0]}
     b = len(reqs)
+    frames = torch.from_numpy(pixels).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).to(device)
+    video_cpu_ms = median_ms(lambda: video_frame(pixels, None), torch.device("cpu"), iterations)
+    video_device_ms = median_ms(lambda: i420_from_rgb(frames), device, iterations) / b
     in_engine = stages.get("encode_ms")
     return BatchResult(
         batch=b, frame_ms=frame_ms,
         fps=b * 1e3 / (frame_ms if in_engine is not None else frame_ms + b * encode_ms),
         stages_ms=stages, unet_step_ms=stages["denoise_ms"] / reqs[0].steps, encode_ms=encode_ms,
         engine_encode_ms=None if in_engine is None else in_engine / b,
+        video_cpu_ms=video_cpu_ms, video_device_ms=video_device_ms,
     )
 
 
@@ -282,6 +291,10 @@ def table(r: BenchResult) -> str:
     if in_engine is not None:
         lines.append(f"JPEG in the engine ({r.jpeg_encoder}): {in_engine:.2f} ms/frame, counted "
                      "in ms/batch; the JPEG column is the CPU's, for comparison")
+    for b in r.batches:
+        lines.append(f"I420 for video, batch {b.batch}: {b.video_device_ms:.3f} ms/frame on "
+                     f"{r.device} (the engine's), {b.video_cpu_ms:.2f} ms/frame on the CPU "
+                     "(libswscale)")
     lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
                  f"{r.keystroke_to_frame_ms:.2f} ms, of which text encode {r.text_miss_ms:.2f} ms")
     if r.host_syncs is not None:

@@ -50,6 +50,7 @@ from promptcast.engine.sampling import (
     to_device,
 )
 from promptcast.engine.stage_clock import StageClock
+from promptcast.engine.yuv import converts_on_device, i420_from_rgb
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Rendered:
     batch_size: int = 1  # frames rendered together with this one, itself included
     prompt_truncated: bool = False  # only the first `max_prompt_tokens` tokens were used
     jpeg: bytes | None = None  # encoded by the engine (--jpeg-encode), if it was asked to
+    yuv: np.ndarray | None = None  # (H * 3 / 2, W) uint8 I420 for a video track (--video-convert)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,6 +165,7 @@ class Engine:
             self._txt2img_plan(k)
         self._prepare_calls()
         self._jpeg = frame_encoder(cfg.jpeg_encode, self.device, cfg.jpeg_quality)
+        self._yuv = converts_on_device(cfg.video_convert, self.device)
         self.load_seconds = time.perf_counter() - started
         self.loaded = True
         log.info(
@@ -439,15 +442,20 @@ class Engine:
         """Whether render_batch can hand back JPEGs (--jpeg-encode put them in the engine)."""
         return self._jpeg is not None
 
+    @property
+    def converts_video(self) -> bool:
+        """Whether render_batch can hand back I420 planes for video (--video-convert)."""
+        return self._yuv
+
     def render(self, req: RenderRequest, cancelled: Callable[[], bool] | None = None,
-               jpeg: bool = False) -> Rendered:
+               jpeg: bool = False, video: bool = False) -> Rendered:
         """Render one request; see render_batch."""
-        return self.render_batch([req], cancelled, [jpeg])[0]
+        return self.render_batch([req], cancelled, [jpeg], [video])[0]
 
     @torch.inference_mode()
     def render_batch(
         self, reqs: Sequence[RenderRequest], cancelled: Callable[[], bool] | None = None,
-        jpeg: Sequence[bool] = (),
+        jpeg: Sequence[bool] = (), video: Sequence[bool] = (),
     ) -> list[Rendered]:
         """Render requests that share one `RenderRequest.batch_key()` as one batch (img2img:
         one request alone), at most `max_batch` of them. Each frame is the one its request
@@ -458,7 +466,11 @@ class Engine:
 
         `jpeg[i]`: request i's frame is wanted as a JPEG too. Where the engine encodes
         (`encodes_jpeg`), it does so for those frames only, before their pixels leave the device
-        (frames that go to a video track need none)."""
+        (frames that go to a video track need none).
+
+        `video[i]`: request i's frame goes to a video track. Where the engine converts
+        (`converts_video`), it hands back those frames' I420 planes too (`Rendered.yuv`), made
+        on the device, so the track need not convert on the CPU."""
         first = reqs[0]
         assert len(reqs) <= self.max_batch and all(r.batch_key() == first.batch_key() for r in reqs)
         assert first.image is None or len(reqs) == 1, "img2img renders alone"
@@ -505,15 +517,21 @@ class Engine:
         if self._jpeg is not None and wanted:
             for i, data in zip(wanted, self._jpeg(frames[wanted]), strict=True):
                 jpegs[i] = data
+        on_video = [i for i in range(len(reqs)) if i < len(video) and video[i]] if self._yuv else []
+        planes = i420_from_rgb(frames[on_video]) if on_video else None  # (v, H * 3 / 2, W)
         clock.mark()
         pixels: np.ndarray = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (n, H, W, 3)
+        yuvs: list[np.ndarray | None] = [None] * len(reqs)
+        if planes is not None:
+            for i, yuv in zip(on_video, planes.cpu().numpy(), strict=True):
+                yuvs[i] = yuv
         text_ms, denoise_ms, decode_ms, encode_ms = clock.stages_ms()
         timings = {"text_encode_ms": text_ms, "denoise_ms": denoise_ms, "decode_ms": decode_ms}
-        if any(j is not None for j in jpegs):
+        if any(j is not None for j in jpegs) or planes is not None:
             timings["encode_ms"] = encode_ms
         return [
-            Rendered(p, dict(timings), hit, len(reqs), cond.truncated, j)
-            for p, (cond, hit), j in zip(pixels, looked_up, jpegs, strict=True)
+            Rendered(p, dict(timings), hit, len(reqs), cond.truncated, j, y)
+            for p, (cond, hit), j, y in zip(pixels, looked_up, jpegs, yuvs, strict=True)
         ]
 
     def _denoise(

@@ -82,7 +82,10 @@ class VideoSink(Protocol):
 
     active: bool
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None: ...
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
+              ) -> None:
+        """The newest frame: (H, W, 3) uint8 RGB, and its I420 planes where the engine made
+        them (engine/yuv.py)."""
 
     async def close(self) -> None: ...
 
@@ -525,8 +528,9 @@ class Runtime:
         session only and the others still get their frames."""
         requests = [job.request for job in batch]
         jpeg = [self._wants_jpeg(job) for job in batch]
+        video = [self._wants_video(job) for job in batch]
         try:
-            return list(self.engine.render_batch(requests, cancelled, jpeg))
+            return list(self.engine.render_batch(requests, cancelled, jpeg, video))
         except RenderCancelled:
             raise
         except Exception as exc:
@@ -534,9 +538,9 @@ class Runtime:
             if len(batch) == 1:
                 return [exc]
         results: list[Rendered | Exception] = []
-        for request, want in zip(requests, jpeg, strict=True):
+        for request, want_jpeg, want_video in zip(requests, jpeg, video, strict=True):
             try:
-                results.append(self.engine.render(request, cancelled, want))
+                results.append(self.engine.render(request, cancelled, want_jpeg, want_video))
             except RenderCancelled:
                 raise
             except Exception as exc:
@@ -628,6 +632,12 @@ class Runtime:
         conn = self.connections.get(job.session_id)
         return conn is not None and self._jpeg_wanted(conn, job.session_id)
 
+    def _wants_video(self, job: Job) -> bool:
+        """Whether job's frame goes to a video track (the engine may make its I420), asked
+        before it renders, on the engine thread, as _wants_jpeg is."""
+        conn = self.connections.get(job.session_id)
+        return conn is not None and conn.active_video is not None
+
     def _jpeg_wanted(self, conn: Connection, session_id: str) -> bool:
         """A session's frames go as JPEGs to its WebSocket unless it watches a video track,
         and to its MJPEG viewers."""
@@ -645,7 +655,8 @@ class Runtime:
         on_video = video is not None
         if video is not None:
             # The video encoder takes the pixels. Metadata goes with the frame.
-            video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json())
+            video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json(),
+                        rendered.yuv)
         if not self._jpeg_wanted(conn, job.session_id):
             return  # no JPEG: nobody would see it
         jpeg = rendered.jpeg  # the engine's (--jpeg-encode), its time already in the timings

@@ -29,6 +29,7 @@ from av import VideoFrame
 
 from promptcast.core import ice as core_ice
 from promptcast.core.messages import ErrorCode, ErrorMessage, VideoState, WebRTCAnswer
+from promptcast.engine.yuv import video_frame
 from promptcast.runtime.runtime import Connection
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,18 @@ class LatestFrameTrack(MediaStreamTrack):
     def __init__(self, on_sent: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
         self._on_sent = on_sent
-        self._pending: tuple[np.ndarray, dict[str, Any]] | None = None
-        self._last: tuple[np.ndarray, dict[str, Any]] | None = None
+        # (pixels, meta, I420 planes or None), not yet taken / last sent
+        self._pending: tuple[np.ndarray, dict[str, Any], np.ndarray | None] | None = None
+        self._last: tuple[np.ndarray, dict[str, Any], np.ndarray | None] | None = None
         self._new = asyncio.Event()
         self._start = time.monotonic()
         self._last_pts = -MIN_PTS_GAP
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None:
-        """pixels: (H, W, 3) uint8 RGB. Replaces any frame not yet taken by the encoder."""
-        self._pending = (pixels, meta)
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
+              ) -> None:
+        """pixels: (H, W, 3) uint8 RGB; yuv: its (H * 3 / 2, W) I420 planes, where the engine
+        made them. Replaces any frame not yet taken by the encoder."""
+        self._pending = (pixels, meta, yuv)
         self._new.set()
 
     async def recv(self) -> VideoFrame:
@@ -104,18 +108,16 @@ class LatestFrameTrack(MediaStreamTrack):
             if item is not None:
                 break
         self._pending, self._last = None, item
-        pixels, meta = item
-        # Colour conversion of a large frame takes milliseconds: not on the event loop.
-        frame = await asyncio.to_thread(_to_video_frame, pixels)
+        pixels, meta, yuv = item
+        # Colour conversion of a large frame takes milliseconds, and even wrapping planes a
+        # fraction of one: not on the event loop.
+        frame = await asyncio.to_thread(video_frame, pixels, yuv)
         pts = max(self._last_pts + MIN_PTS_GAP, int((time.monotonic() - self._start) * VIDEO_CLOCK))
         self._last_pts = pts
         frame.pts, frame.time_base = pts, Fraction(1, VIDEO_CLOCK)
         self._on_sent({**meta, "pts": pts})
         return frame
 
-
-def _to_video_frame(pixels: np.ndarray) -> VideoFrame:
-    return VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
 
 
 class WebRTCPeer:
@@ -141,8 +143,9 @@ class WebRTCPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
         return str(self.pc.localDescription.sdp)
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any]) -> None:
-        self.track.offer(pixels, meta)
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
+              ) -> None:
+        self.track.offer(pixels, meta, yuv)
 
     def _on_datachannel(self, channel: Any) -> None:
         self._channel = channel

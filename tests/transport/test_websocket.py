@@ -341,6 +341,33 @@ async def test_the_engine_takes_its_next_batch_without_waiting_for_the_event_loo
             await c.close()
 
 
+async def test_a_fault_outside_the_engine_fails_its_batch_and_serving_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with run_server(engine) as srv:
+        runtime = srv.runtime
+        render = runtime._render
+        calls: list[int] = []
+
+        def buggy(batch: Any, cancelled: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("a bug in the runtime")
+            return render(batch, cancelled)
+
+        monkeypatch.setattr(runtime, "_render", buggy)
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "the first prompt", width=64, height=64))
+        err = await recv_json(ws)
+        assert (err["type"], err["code"], err["seq"]) == ("error", "engine_error", 1)
+        # The engine's loop lives on; and where the loop's state cannot be read from the engine
+        # thread (it changed under the read), the frame still comes.
+        monkeypatch.setattr(runtime, "_wants_video", lambda _: {}["gone"])
+        await ws.send(prompt(2, "the second prompt", width=64, height=64))
+        assert (await frames_until(ws, 2))[-1][0]["seq"] == 2
+        await ws.close()
+
+
 def png_bytes(size: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (size, size), colour).save(out, format="PNG")

@@ -497,6 +497,9 @@ class Runtime:
             frames: list[Rendered | Exception] | None = self._render(batch, cancelled)
         except RenderCancelled:
             frames = None
+        except Exception as exc:  # a bug outside the engine's calls: the batch fails, not the loop
+            log.exception("a batch failed outside the engine")
+            frames = [exc] * len(batch)
         self._batch_ended = time.monotonic()
         with self._lock:
             for job in batch:
@@ -527,8 +530,7 @@ class Runtime:
         batch that fails is rendered again job by job, so one request's fault is reported to its
         session only and the others still get their frames."""
         requests = [job.request for job in batch]
-        jpeg = [self._wants_jpeg(job) for job in batch]
-        video = [self._wants_video(job) for job in batch]
+        jpeg, video = self._outputs(batch)
         try:
             return list(self.engine.render_batch(requests, cancelled, jpeg, video))
         except RenderCancelled:
@@ -624,17 +626,25 @@ class Runtime:
             conn.session.render_failed(job)
             conn.send(error)
 
+    def _outputs(self, batch: list[Job]) -> tuple[list[bool], list[bool]]:
+        """Per job, on the engine thread, before it renders: whether the engine is to encode its
+        frame as a JPEG, and whether to make its I420 planes for video. This reads the loop's
+        state from this thread: a stale answer costs an encode or a conversion, never a frame
+        (_deliver decides again once the frame is done), and one read as the loop changes it
+        (a feed gone between two lookups) falls back to what is always correct."""
+        try:
+            return [self._wants_jpeg(job) for job in batch], [self._wants_video(job) for job in batch]
+        except Exception:
+            return [True] * len(batch), [False] * len(batch)
+
     def _wants_jpeg(self, job: Job) -> bool:
-        """Whether job's frame is to be encoded by the engine, asked before it renders, on the
-        engine thread. It reads the loop's state (dictionary lookups, atomic under the GIL); a
-        stale answer costs an encode, never a frame: _deliver decides again when the frame is
-        done (and encodes on the CPU if the engine did not)."""
+        """Whether job's frame is to be encoded by the engine (see _outputs)."""
         conn = self.connections.get(job.session_id)
         return conn is not None and self._jpeg_wanted(conn, job.session_id)
 
     def _wants_video(self, job: Job) -> bool:
-        """Whether job's frame goes to a video track (the engine may make its I420), asked
-        before it renders, on the engine thread, as _wants_jpeg is."""
+        """Whether job's frame goes to a video track, whose I420 the engine may make (see
+        _outputs)."""
         conn = self.connections.get(job.session_id)
         return conn is not None and conn.active_video is not None
 

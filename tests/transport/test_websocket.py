@@ -270,16 +270,27 @@ async def hold_engine(srv: Server, fake: FlakyEngine) -> Any:
     return holder
 
 
+async def release_with_two_waiting(srv: Server, fake: FlakyEngine, *prompts: tuple[str, int]
+                                   ) -> tuple[Any, Any, Any]:
+    """Hold the engine, have two new clients send one prompt each ((text, size)), let both wait
+    behind the held render, then release it. Returns the holder and the two clients."""
+    holder = await hold_engine(srv, fake)
+    clients = []
+    for text, size in prompts:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, text, width=size, height=size))
+        clients.append(ws)
+    await asyncio.sleep(0.3)  # both wait behind the held render
+    fake.release.set()
+    first, second = clients
+    return holder, first, second
+
+
 async def test_engine_error_is_reported_with_its_seq_and_serving_goes_on(engine: Engine) -> None:
     fake = flaky(engine)
     async with run_server(fake) as srv:
-        holder = await hold_engine(srv, fake)
-        ws, _ = await connect(srv.ws_url)
-        other, _ = await connect(srv.ws_url)
-        await ws.send(prompt(1, "boom", width=64, height=64))
-        await other.send(prompt(1, "fine", width=64, height=64))
-        await asyncio.sleep(0.3)  # both wait for the engine: they will share a batch
-        fake.release.set()
+        # Both wait for the engine: they will share a batch.
+        holder, ws, other = await release_with_two_waiting(srv, fake, ("boom", 64), ("fine", 64))
         err = await recv_json(ws)
         assert (err["type"], err["code"], err["seq"]) == ("error", "engine_error", 1)
         # The batch failed as a whole; rendered again one by one, only "boom" fails.
@@ -320,13 +331,9 @@ async def test_the_engine_takes_its_next_batch_without_waiting_for_the_event_loo
 ) -> None:
     fake = flaky(engine)
     async with run_server(fake) as srv:
-        holder = await hold_engine(srv, fake)
-        small, _ = await connect(srv.ws_url)
-        large, _ = await connect(srv.ws_url)
-        await small.send(prompt(1, "a small cat", width=64, height=64))
-        await large.send(prompt(1, "a large cat", width=128, height=128))  # a batch of its own
-        await asyncio.sleep(0.3)  # both wait behind the held render
-        fake.release.set()
+        # Two sizes: two batches.
+        holder, small, large = await release_with_two_waiting(
+            srv, fake, ("a small cat", 64), ("a large cat", 128))
         # The loop stays blocked (as by a long callback) while the engine finishes the held
         # render and starts both waiting batches: they must not wait for the loop's next turn.
         deadline = time.monotonic() + 20

@@ -83,6 +83,9 @@ class FixedTimeEngine:
     def recover(self, exc: BaseException) -> None:
         pass
 
+    def prefetch(self, req: RenderRequest) -> None:
+        pass
+
     def render(self, req: RenderRequest, cancelled: Any = None, jpeg: bool = False,
                video: bool = False) -> Rendered:
         return self.render_batch([req], cancelled)[0]

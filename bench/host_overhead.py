@@ -11,18 +11,29 @@ Each sampler is timed two ways in the same run: with its plan (engine/sampling.p
 arithmetic worked out once per schedule) and with diffusers' own `scheduler.step`, as a
 scheduler without a plan runs.
 
+Then img2img with a new 512 px init image every frame (a creative tool's live canvas): the
+engine thread's time per frame when it decodes the image itself, and when the image was decoded
+beside it (`Engine.prefetch`, which the server calls as the image arrives; the decode is waited
+for before the frame is timed, as while the GPU renders the frame before).
+
     .venv/bin/python bench/host_overhead.py [--iterations 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import statistics
+import time
 from contextlib import ExitStack
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
+from PIL import Image
 
 from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
@@ -38,14 +49,15 @@ SAMPLERS: dict[str, tuple[str, Any]] = {
     "ancestral euler": ("sd-turbo", EulerAncestralDiscreteScheduler),  # as SDXL-Turbo ships
 }
 SIZE = 64
+IMAGE_SIZE = 512
 ROUNDS = 5
 
 
-def engine_without_model(preset: str, scheduler_cls: Any, planned: bool) -> Engine:
+def engine_without_model(preset: str, scheduler_cls: Any, planned: bool, size: int = SIZE) -> Engine:
     components = build_components("tiny", torch.device("cpu"), torch.float32)
     if scheduler_cls is not None:
         components.scheduler = scheduler_cls.from_config(components.scheduler.config)
-    eng = Engine(EngineConfig(preset=preset, sizes=((SIZE, SIZE),), size=(SIZE, SIZE), cpu_threads=1))
+    eng = Engine(EngineConfig(preset=preset, sizes=((size, size),), size=(size, size), cpu_threads=1))
     with ExitStack() as stack:
         if not planned:  # as for a scheduler engine/sampling.py has no plan for
             stack.enter_context(mock.patch.object(pipeline, "supports", lambda _: False))
@@ -61,6 +73,47 @@ def engine_without_model(preset: str, scheduler_cls: Any, planned: bool) -> Engi
     eng.c.unet.forward = unet  # type: ignore[method-assign]
     eng.c.vae.decode = decode  # type: ignore[method-assign]
     return eng
+
+
+def canvases(n: int, size: int, fmt: str) -> list[bytes]:
+    """n different painted canvases (a gradient and 30 random rectangles), encoded as `fmt`."""
+    rng = np.random.default_rng(0)
+    gx, gy = np.meshgrid(np.linspace(0, 255, size), np.linspace(0, 255, size))
+    out = []
+    for _ in range(n):
+        pixels = np.stack([gx, gy, 255 - gx], -1).astype(np.uint8)
+        for _ in range(30):
+            x, y = rng.integers(0, size - 40, 2)
+            pixels[y:y + 40, x:x + 40] = rng.integers(0, 255, 3)
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, format=fmt)
+        out.append(data.getvalue())
+    return out
+
+
+def img2img_engine() -> Engine:
+    eng = engine_without_model("tiny", None, True, IMAGE_SIZE)
+
+    def encode(x: torch.Tensor, **_: Any) -> Any:  # the image encoder's stand-in
+        b, _, h, w = x.shape
+        return SimpleNamespace(latents=torch.zeros(b, 4, h // eng.vae_scale, w // eng.vae_scale))
+
+    eng.c.vae.encode = encode  # type: ignore[method-assign]
+    return eng
+
+
+def img2img_ms(eng: Engine, images: list[bytes], prefetched: bool) -> float:
+    """Median engine-thread ms of a 2-step img2img frame, a new init image each frame."""
+    times = []
+    for data in images:
+        req = RenderRequest("a red circle", 1, 2, IMAGE_SIZE, IMAGE_SIZE, data, 0.5)
+        if prefetched:
+            eng.prefetch(req)
+            eng._images.get(data, IMAGE_SIZE, IMAGE_SIZE)  # decoded while the GPU was busy
+        start = time.perf_counter()
+        eng.render(req)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def median_us(eng: Engine, steps: int, iterations: int) -> float:
@@ -88,6 +141,18 @@ def main() -> None:
                 b.append(median_us(unplanned, steps, args.iterations // ROUNDS))
             ours, theirs = min(a), min(b)
             print(f"| {name} | {steps} | {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f}x |")
+    eng = img2img_engine()
+    print()
+    print(f"| init image ({IMAGE_SIZE} px, new each frame) | decoded on the engine thread (ms/frame) "
+          "| decoded beside it (ms/frame) | difference (ms/frame) |")
+    print("|---|---|---|---|")
+    for fmt in ("PNG", "JPEG"):
+        images = canvases(args.iterations // ROUNDS, IMAGE_SIZE, fmt)
+        a, b = [], []
+        for _ in range(ROUNDS):
+            a.append(img2img_ms(eng, images, prefetched=False))
+            b.append(img2img_ms(eng, images, prefetched=True))
+        print(f"| {fmt} | {min(a):.2f} | {min(b):.2f} | {min(a) - min(b):.2f} |")
 
 
 if __name__ == "__main__":

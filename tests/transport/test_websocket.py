@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 
+from promptcast.engine import image as image_module
 from promptcast.engine.pipeline import Engine, Rendered
 
 from ..conftest import Server, connect, frames_until, http_get, recv_json, run_server
@@ -381,7 +382,11 @@ def png_bytes(size: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
     return out.getvalue()
 
 
-async def test_img2img_over_the_socket(server: Server) -> None:
+async def test_img2img_over_the_socket(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded_on: list[str] = []  # the threads that decoded init images
+    decode = image_module.decode_image
+    monkeypatch.setattr(image_module, "decode_image", lambda *args: decoded_on.append(
+        threading.current_thread().name) or decode(*args))
     ws, _ = await connect(server.ws_url)
     await ws.send(prompt(1, "a red square", width=64, height=64))
     await frames_until(ws, 1)
@@ -398,6 +403,8 @@ async def test_img2img_over_the_socket(server: Server) -> None:
     await ws.send(json.dumps({"type": "image", "seq": 4, "clear": True}))
     assert (await frames_until(ws, 4))[-1][0]["seq"] == 4
     await ws.close()
+    # Each image decoded once, beside the engine thread (which only waited for it).
+    assert len(decoded_on) == 2 and all(t.startswith("promptcast-image") for t in decoded_on)
 
 
 async def test_an_idle_session_gets_one_refined_frame(engine: Engine) -> None:

@@ -33,7 +33,7 @@ from promptcast.engine.compile import (
     resolve_mode,
     use_compile_cache,
 )
-from promptcast.engine.image import decode_image, frame_encoder
+from promptcast.engine.image import DecodedImages, frame_encoder
 from promptcast.engine.loading import Components, load_components
 from promptcast.engine.model_index import ModelLoadError
 from promptcast.engine.presets import PRESETS, Preset, infer_preset, make_scheduler
@@ -106,6 +106,7 @@ class Engine:
         # Encoded init images: a client streaming a canvas re-sends the same image with
         # each prompt edit, so one encode serves them all.
         self._init_latents: LRUCache[torch.Tensor] = LRUCache(8)
+        self._images = DecodedImages()
         self._plans: dict[int, StepPlan] = {}  # txt2img schedules by step count
         # img2img by (steps, strength): the plan and how the init latents are noised to its
         # first step, latents = a * init + b * noise (None: the scheduler has no plan). An LRU:
@@ -364,7 +365,7 @@ class Engine:
         assert req.image is not None
         init, _ = self._init_latents.get_or_compute(
             (req.image, req.width, req.height),
-            lambda: self._encode_image(decode_image(req.image or b"", req.width, req.height)),
+            lambda: self._encode_image(self._images.get(req.image or b"", req.width, req.height)),
         )
         # Drawn from the step generator first, in the order the stock pipelines draw.
         noise = torch.randn(init.shape, generator=gen, dtype=self.dtype)
@@ -408,7 +409,10 @@ class Engine:
     def _encode_image(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, C, H/8, W/8) latents in the UNet's scale."""
         vae = self.c.vae
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, vae.dtype)  # (1, 3, H, W)
+        # The bytes go over as they are (a quarter of them as floats), without waiting for the
+        # device, and become floats there.
+        x = to_device(torch.from_numpy(pixels), self.device)  # (H, W, 3) uint8
+        x = x.permute(2, 0, 1)[None].to(vae.dtype)  # (1, 3, H, W)
         encoded = vae.encode(x / 127.5 - 1.0)
         # The tiny autoencoder returns latents; a full one a distribution, whose mode is
         # deterministic (the stock pipelines sample it).
@@ -441,6 +445,13 @@ class Engine:
     def encodes_jpeg(self) -> bool:
         """Whether render_batch can hand back JPEGs (--jpeg-encode put them in the engine)."""
         return self._jpeg is not None
+
+    def prefetch(self, req: RenderRequest) -> None:
+        """Start decoding `req`'s init image (img2img) on a worker thread, so that the engine
+        thread finds it decoded when it renders `req`. Call from any thread, before `req` can
+        reach the engine; a request without an image is ignored."""
+        if req.image is not None:
+            self._images.start(req.image, req.width, req.height)
 
     @property
     def converts_video(self) -> bool:

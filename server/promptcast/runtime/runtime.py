@@ -428,6 +428,7 @@ class Runtime:
                 self._reply(conn, action)
 
     def _submit(self, job: Job) -> None:
+        self.engine.prefetch(job.request)  # an init image decodes beside the engine, not on it
         with self._lock:
             self.scheduler.submit(job)
         self._work.set()

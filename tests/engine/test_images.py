@@ -1,0 +1,88 @@
+"""img2img init images decoded beside the engine thread (engine/image.py's DecodedImages): the
+engine finds what a worker decoded, waits for a decode under way, and decodes only what nobody
+started."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptcast.core.scheduler import RenderRequest
+from promptcast.engine import image
+from promptcast.engine.image import BadImage, DecodedImages, decode_image
+from promptcast.engine.pipeline import Engine
+
+
+def png(colour: tuple[int, int, int], size: int = 96) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+class DecodeRecorder:
+    """Stands in for decode_image: records the thread of each call; `gate` holds decodes back."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.threads: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        monkeypatch.setattr(image, "decode_image", self)
+
+    def __call__(self, data: bytes, width: int, height: int) -> np.ndarray:
+        self.threads.append(threading.current_thread().name)
+        assert self.gate.wait(10)
+        return decode_image(data, width, height)
+
+
+def test_a_started_decode_runs_on_a_worker_and_is_taken_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = DecodeRecorder(monkeypatch)
+    decodes.gate.clear()  # the worker is still decoding when the engine asks
+    images = DecodedImages()
+    data = png((200, 30, 30))
+    images.start(data, 64, 64)
+    images.start(data, 64, 64)  # the same image again (a text update keeps the image): no new decode
+    decodes.gate.set()
+    pixels = images.get(data, 64, 64)
+    assert pixels.shape == (64, 64, 3) and tuple(pixels[0, 0]) == (200, 30, 30)
+    assert len(decodes.threads) == 1 and decodes.threads[0].startswith("promptcast-image")
+    # Not started: decoded by the caller. Another size is another decode.
+    images.get(png((0, 0, 255)), 64, 64)
+    images.get(data, 32, 32)
+    assert decodes.threads[1:] == [threading.current_thread().name] * 2
+
+
+def test_a_bad_image_started_raises_when_taken() -> None:
+    images = DecodedImages()
+    images.start(b"not an image", 64, 64)
+    with pytest.raises(BadImage, match="could not be decoded"):
+        images.get(b"not an image", 64, 64)
+
+
+def test_only_the_newest_images_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = DecodeRecorder(monkeypatch)
+    images = DecodedImages(capacity=2)
+    first, second, third = (png((i * 80, 0, 0)) for i in range(3))
+    for data in (first, second, third):
+        images.start(data, 64, 64)
+        images.get(data, 64, 64)
+    assert len(images._decodes) == 2
+    images.get(first, 64, 64)  # forgotten: decoded again, here
+    assert decodes.threads[-1] == threading.current_thread().name
+
+
+def test_the_engine_renders_from_the_prefetched_image(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request = RenderRequest("a red circle", 1, 2, 64, 64, png((10, 120, 240)), 0.6)
+    alone = engine.render(request).pixels  # decoded by the engine thread, as without prefetch
+    engine._init_latents.clear()
+    engine._images = DecodedImages()
+    decodes = DecodeRecorder(monkeypatch)
+    engine.prefetch(request)
+    engine.prefetch(RenderRequest("text only", 1, 2, 64, 64))  # nothing to decode
+    assert np.array_equal(engine.render(request).pixels, alone)
+    assert len(decodes.threads) == 1 and decodes.threads[0].startswith("promptcast-image")

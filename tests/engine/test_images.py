@@ -9,10 +9,13 @@ import threading
 
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine import image
+from promptcast.engine.compile import encoder_call
 from promptcast.engine.image import BadImage, DecodedImages, decode_image
 from promptcast.engine.pipeline import Engine
 
@@ -86,3 +89,19 @@ def test_the_engine_renders_from_the_prefetched_image(
     engine.prefetch(RenderRequest("text only", 1, 2, 64, 64))  # nothing to decode
     assert np.array_equal(engine.render(request).pixels, alone)
     assert len(decodes.threads) == 1 and decodes.threads[0].startswith("promptcast-image")
+
+
+def test_the_image_encoder_call_gives_the_stock_pipelines_latents(engine: Engine) -> None:
+    # The stock img2img pipelines: image / 127.5 - 1, encoded; the tiny autoencoder's latents or
+    # the mode of a full one's distribution; times the scaling factor.
+    full = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                         norm_num_groups=8, scaling_factor=0.18215).eval()
+    pixels = torch.from_numpy(np.stack([decode_image(png((i * 90, 40, 200)), 32, 32)
+                                        for i in range(2)])).permute(0, 3, 1, 2)
+    x = pixels.float() / 127.5 - 1.0
+    with torch.no_grad():
+        for vae, want in ((engine.c.vae, engine.c.vae.encode(x).latents),
+                          (full, full.encode(x).latent_dist.mode())):
+            got = encoder_call(vae, torch.float32)(pixels)
+            torch.testing.assert_close(got, want * vae.config.scaling_factor)

@@ -1,5 +1,5 @@
 """The fast path: the text encoder(s), the UNet and the tiny decoder compiled, and on CUDA
-captured in graphs.
+captured in graphs (img2img's image encoder too, captured without compiling).
 
 At batch 1 eager PyTorch spends most of a few-step frame launching kernels (about 3,400 per
 SDXL UNet call; the text encoders, which run on every keystroke's new prompt, are as
@@ -278,6 +278,22 @@ def decoder_call(vae: Any) -> Callable[..., torch.Tensor]:
         # contiguous: channels_last decoders hand back NHWC strides; the JPEG encoder wants CHW.
         frames: torch.Tensor = ((image.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
         return frames.contiguous()
+
+    return call
+
+
+def encoder_call(vae: Any, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """img2img's init image (B, 3, H, W) uint8 on the device -> latents (B, C, h, w) in the
+    UNet's scale and `dtype`. The tiny autoencoder's encoder gives latents; a full one's gives a
+    distribution, whose mode is deterministic (the stock pipelines sample it)."""
+    scale = vae.config.scaling_factor
+    vae_dtype = vae.dtype  # read once, as in decoder_call
+
+    def call(pixels: torch.Tensor) -> torch.Tensor:
+        encoded = vae.encode(pixels.to(vae_dtype) / 127.5 - 1.0, return_dict=False)[0]
+        latents = encoded if isinstance(encoded, torch.Tensor) else encoded.mode()
+        out: torch.Tensor = (latents * scale).to(dtype)
+        return out
 
     return call
 

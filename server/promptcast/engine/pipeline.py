@@ -28,6 +28,7 @@ from promptcast.engine.compile import (
     compile_blocks,
     decoder_call,
     default_compile_cache,
+    encoder_call,
     inductor_options,
     optimise_layout,
     resolve_mode,
@@ -207,6 +208,10 @@ class Engine:
         with torch.inference_mode():  # like every tensor the render path makes
             self._identity = torch.tensor(IDENTITY, dtype=torch.float32, device=self.device)
         self._decoder = FastCall("decoder", decoder_call(self.c.vae), self.mode, options)
+        # img2img's image encoder: captured (one graph per size) but not compiled, since not
+        # every server sees img2img and capturing costs milliseconds at warm-up.
+        self._image_encoder = FastCall("image encoder", encoder_call(self.c.vae, self.dtype),
+                                       self.mode, options, whole=False)
         # The full autoencoder decodes refined frames only: off the hot path, left eager.
         self._full_decoder = (
             self._decoder if self.c.full_vae is self.c.vae
@@ -245,6 +250,9 @@ class Engine:
                 reqs = [RenderRequest(f"warm-up {b}.{i}", i, self.limits.default_steps, width,
                                       height) for i in range(b)]
                 self.render_batch(reqs)
+            if self.mode != "eager":  # img2img's image encoder has a bucket per size too
+                with torch.inference_mode():  # as render_batch calls it
+                    self._encode_image(np.zeros((height, width, 3), np.uint8))
         self.warm_up_seconds = time.perf_counter() - started
         log.info("warmed up (%s) in %.1f s", self.mode, self.warm_up_seconds)
         self.prompt_cache.clear()
@@ -314,7 +322,8 @@ class Engine:
     def compile_fallbacks(self) -> dict[str, str]:
         """The calls that run in a lesser mode than `compile` asked, because the compiler or the
         graph capture could not handle them (FastCall): name -> why. Empty normally."""
-        calls: list[FastCall[Any]] = [self.prompts.call, self._step, self._decoder]
+        calls: list[FastCall[Any]] = [self.prompts.call, self._step, self._decoder,
+                                      self._image_encoder]
         return {call.name: call.fallback for call in calls if call.fallback is not None}
 
     # ------------------------------------------------------------ hot path
@@ -408,17 +417,11 @@ class Engine:
 
     def _encode_image(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (1, C, H/8, W/8) latents in the UNet's scale."""
-        vae = self.c.vae
         # The bytes go over as they are (a quarter of them as floats), without waiting for the
         # device, and become floats there.
         x = to_device(torch.from_numpy(pixels), self.device)  # (H, W, 3) uint8
-        x = x.permute(2, 0, 1)[None].to(vae.dtype)  # (1, 3, H, W)
-        encoded = vae.encode(x / 127.5 - 1.0)
-        # The tiny autoencoder returns latents; a full one a distribution, whose mode is
-        # deterministic (the stock pipelines sample it).
-        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
-        scaled: torch.Tensor = (latents * vae.config.scaling_factor).to(self.dtype)
-        return scaled
+        # A copy: a captured call's output is overwritten by its next replay, and this is cached.
+        return self._image_encoder(x.permute(2, 0, 1)[None]).clone()  # (1, C, h, w)
 
     def _time_ids(self, height: int, width: int, rows: int) -> torch.Tensor:
         """SDXL's micro-conditioning, (original size, crop, target size) per row: (rows, 6).

@@ -84,7 +84,7 @@ class FixedTimeEngine:
         pass
 
     def prefetch(self, req: RenderRequest) -> None:
-        pass
+        return None
 
     def render(self, req: RenderRequest, cancelled: Any = None, jpeg: bool = False,
                video: bool = False) -> Rendered:

@@ -26,6 +26,8 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     assert snapshots[4]["warm_up_s"] >= snapshots[0]["warm_up_s"]  # type: ignore[operator]
     assert result.complete and json.loads(benchmark.to_json(result))["complete"] is True
     assert result.host_syncs is None  # counted on CUDA only
+    assert snapshots[1]["img2img_ms"] is None and snapshots[2]["img2img_ms"] > 0  # type: ignore[operator]
+    assert all(b.video_cpu_ms > 0 and b.video_device_ms > 0 for b in result.batches)
 
     cut = tmp_path / "sdxl-whole.json"
     # A run where a call fell back (FastCall) says so beside its mode.
@@ -37,3 +39,4 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     assert "| sdxl-whole (cut off) | tiny | 64 |" in table
     assert "| eager/none (eager)/whole (fallback: unet step) |" in table
     assert "| sd21-fast | tiny | 64 |" in table and table.count("\n| sd21-fast |") == 2
+    assert f"| {result.img2img_ms:.2f} |" in table  # the img2img column, batch-1 figure

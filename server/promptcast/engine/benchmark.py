@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from promptcast.config import EngineConfig
@@ -75,6 +76,9 @@ class BenchResult:
     warm_up_s: float
     stock_frame_ms: float | None  # the stock diffusers pipeline, batch 1, embedding cached
     keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
+    # batch 1, img2img (strength 0.5, prompt cached) with a new init image every frame, decoded
+    # beside the engine as the server does it: a creative tool's live canvas
+    img2img_ms: float | None = None
     text_miss_ms: float = 0.0  # of that, the text encode (a cache miss: the text encoder runs)
     tuning: str = "fast"  # --compile-tuning; eager runs have none
     scope: str = "whole"  # --compile-scope
@@ -196,6 +200,7 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
             report(result)
         if b == 1:
             _time_keystroke(engine, result, device, iterations)
+            result.img2img_ms = _time_img2img(engine, result, device, iterations)
             result.host_syncs = count_host_syncs(lambda: engine.render(one), device)
             report(result)
             if profile_to is not None:
@@ -207,6 +212,30 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
                             f"{result.device}\n\n{kernels}\n")
     result.complete = True
     return result
+
+
+def _time_img2img(engine: Engine, result: BenchResult, device: torch.device,
+                  iterations: int) -> float:
+    """Median ms of an img2img frame, batch 1, a new init image (a JPEG) every frame, waiting
+    for its decode beside the engine before timing (the server starts it as the image arrives,
+    while the GPU renders the frame before)."""
+    size = result.resolution
+    gx, gy = np.meshgrid(np.linspace(0, 255, size), np.linspace(0, 255, size))
+    canvas = np.stack([gx, gy, 255 - gx], -1).astype(np.uint8)
+    times = []
+    for i in range(iterations + 1):
+        canvas[(i * 7) % size, :] = 255  # a stroke more each frame
+        req = RenderRequest("a photo of a cat", 1, result.steps, size, size,
+                            encode_jpeg(canvas, 90), 0.5)
+        decode = engine.prefetch(req)
+        assert decode is not None
+        decode.result()
+        _sync(device)
+        t0 = time.perf_counter()
+        engine.render(req)
+        if i:  # the first caches the prompt
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def _time_keystroke(engine: Engine, result: BenchResult, device: torch.device,
@@ -297,6 +326,9 @@ def table(r: BenchResult) -> str:
                      "(libswscale)")
     lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
                  f"{r.keystroke_to_frame_ms:.2f} ms, of which text encode {r.text_miss_ms:.2f} ms")
+    if r.img2img_ms is not None:
+        lines.append(f"img2img, batch 1, a new init image each frame (decoded beside the engine): "
+                     f"{r.img2img_ms:.2f} ms/frame")
     if r.host_syncs is not None:
         lines.append(f"host syncs in a batch-1 frame (reading the pixels back is one): {r.host_syncs}")
     if r.stock_frame_ms is not None:

@@ -123,16 +123,18 @@ class DecodedImages:
         self._decodes: OrderedDict[tuple[bytes, int, int], Future[np.ndarray]] = OrderedDict()
         self._workers = ThreadPoolExecutor(workers, thread_name_prefix="promptcast-image")
 
-    def start(self, data: bytes, width: int, height: int) -> None:
-        """Begin decoding `data` for a `width` x `height` render, unless it is already begun."""
+    def start(self, data: bytes, width: int, height: int) -> Future[np.ndarray]:
+        """Begin decoding `data` for a `width` x `height` render, unless it is already begun;
+        the decode either way."""
         key = (data, width, height)
         with self._lock:
             if key in self._decodes:
                 self._decodes.move_to_end(key)
-                return
-            self._decodes[key] = self._workers.submit(decode_image, data, width, height)
+                return self._decodes[key]
+            decode = self._decodes[key] = self._workers.submit(decode_image, data, width, height)
             while len(self._decodes) > self._capacity:
                 self._decodes.popitem(last=False)
+        return decode
 
     def get(self, data: bytes, width: int, height: int) -> np.ndarray:
         """`decode_image(data, width, height)`: what `start` made of it, or decoded now."""

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,12 +450,13 @@ class Engine:
         """Whether render_batch can hand back JPEGs (--jpeg-encode put them in the engine)."""
         return self._jpeg is not None
 
-    def prefetch(self, req: RenderRequest) -> None:
+    def prefetch(self, req: RenderRequest) -> Future[np.ndarray] | None:
         """Start decoding `req`'s init image (img2img) on a worker thread, so that the engine
-        thread finds it decoded when it renders `req`. Call from any thread, before `req` can
-        reach the engine; a request without an image is ignored."""
-        if req.image is not None:
-            self._images.start(req.image, req.width, req.height)
+        thread finds it decoded when it renders `req`; returns the decode (None: `req` has no
+        image). Call from any thread, before `req` can reach the engine."""
+        if req.image is None:
+            return None
+        return self._images.start(req.image, req.width, req.height)
 
     @property
     def converts_video(self) -> bool:

@@ -65,16 +65,23 @@ def test_a_bad_image_started_raises_when_taken() -> None:
         images.get(b"not an image", 64, 64)
 
 
-def test_only_the_newest_images_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_the_newest_images_are_kept_and_older_decodes_not_begun_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     decodes = DecodeRecorder(monkeypatch)
-    images = DecodedImages(capacity=2)
-    first, second, third = (png((i * 80, 0, 0)) for i in range(3))
-    for data in (first, second, third):
-        images.start(data, 64, 64)
-        images.get(data, 64, 64)
+    decodes.gate.clear()  # the one worker is stuck on the first image
+    images = DecodedImages(capacity=2, workers=1)
+    flood = [png((i * 20, 0, 0)) for i in range(6)]
+    started = [images.start(data, 64, 64) for data in flood]
     assert len(images._decodes) == 2
-    images.get(first, 64, 64)  # forgotten: decoded again, here
+    # The first had begun; the next three were dropped before they began; the last two wait.
+    assert [d.cancelled() for d in started] == [False, True, True, True, False, False]
+    decodes.gate.set()
+    assert tuple(images.get(flood[5], 64, 64)[0, 0]) == (100, 0, 0)
+    # A dropped one (a job that did run after all, say) is decoded by the caller.
+    assert tuple(images.get(flood[2], 64, 64)[0, 0]) == (40, 0, 0)
     assert decodes.threads[-1] == threading.current_thread().name
+    assert len(decodes.threads) == 4  # first, the two newest, and the one asked for again
 
 
 def test_the_engine_renders_from_the_prefetched_image(
@@ -105,3 +112,17 @@ def test_the_image_encoder_call_gives_the_stock_pipelines_latents(engine: Engine
                           (full, full.encode(x).latent_dist.mode())):
             got = encoder_call(vae, torch.float32)(pixels)
             torch.testing.assert_close(got, want * vae.config.scaling_factor)
+
+
+def test_a_decode_dropped_after_it_was_looked_up_is_decoded_by_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decodes = DecodeRecorder(monkeypatch)
+    decodes.gate.clear()
+    images = DecodedImages(workers=1)
+    images.start(png((1, 2, 3)), 64, 64)  # the worker is stuck on this one
+    waiting = images.start(png((200, 0, 0)), 64, 64)
+    assert waiting.cancel()  # as start does when newer images push it out, between lookup and wait
+    decodes.gate.set()
+    assert tuple(images.get(png((200, 0, 0)), 64, 64)[0, 0]) == (200, 0, 0)
+    assert decodes.threads[-1] == threading.current_thread().name

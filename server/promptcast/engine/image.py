@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -114,7 +114,10 @@ class DecodedImages:
     15-30 ms from 1024 px: time the engine thread, which feeds the GPU, would spend on it per
     frame. `start` (from the event loop, as an image arrives) decodes on a worker thread; the
     engine thread's `get` takes the result, waiting for it if it is not done, and decodes itself
-    only an image nobody started. Thread-safe; the newest `capacity` images are kept."""
+    only an image nobody started (or whose decode was dropped). Thread-safe. The newest
+    `capacity` images are kept, and an older one's decode that has not begun is cancelled: a
+    flood of images queues no more than `capacity` decodes (where only the jobs that run need
+    theirs: a superseded image is one nobody will ask for)."""
 
     def __init__(self, capacity: int = 8, workers: int = 2) -> None:
         self._capacity = capacity
@@ -133,13 +136,17 @@ class DecodedImages:
                 return self._decodes[key]
             decode = self._decodes[key] = self._workers.submit(decode_image, data, width, height)
             while len(self._decodes) > self._capacity:
-                self._decodes.popitem(last=False)
+                _, oldest = self._decodes.popitem(last=False)
+                oldest.cancel()  # if it has not begun
         return decode
 
     def get(self, data: bytes, width: int, height: int) -> np.ndarray:
         """`decode_image(data, width, height)`: what `start` made of it, or decoded now."""
         with self._lock:
             decode = self._decodes.get((data, width, height))
-        if decode is None:
-            return decode_image(data, width, height)
-        return decode.result()
+        if decode is not None:
+            try:
+                return decode.result()
+            except CancelledError:  # dropped (by newer images) after it was looked up
+                pass
+        return decode_image(data, width, height)

@@ -49,9 +49,9 @@ from promptcast.engine.sampling import (
     step_call,
     step_noise,
     supports,
-    to_device,
 )
 from promptcast.engine.stage_clock import StageClock
+from promptcast.engine.transfer import to_device, to_host
 from promptcast.engine.yuv import converts_on_device, i420_from_rgb
 
 log = logging.getLogger(__name__)
@@ -536,11 +536,11 @@ class Engine:
         on_video = [i for i in range(len(reqs)) if i < len(video) and video[i]] if self._yuv else []
         planes = i420_from_rgb(frames[on_video]) if on_video else None  # (v, H * 3 / 2, W)
         clock.mark()
-        pixels: np.ndarray = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (n, H, W, 3)
+        nhwc = frames.permute(0, 2, 3, 1).contiguous()  # (n, H, W, 3)
+        pixels, *rest = to_host(nhwc) if planes is None else to_host(nhwc, planes)
         yuvs: list[np.ndarray | None] = [None] * len(reqs)
-        if planes is not None:
-            for i, yuv in zip(on_video, planes.cpu().numpy(), strict=True):
-                yuvs[i] = yuv
+        for i, yuv in zip(on_video, rest[0] if rest else [], strict=True):
+            yuvs[i] = yuv
         text_ms, denoise_ms, decode_ms, encode_ms = clock.stages_ms()
         timings = {"text_encode_ms": text_ms, "denoise_ms": denoise_ms, "decode_ms": decode_ms}
         if any(j is not None for j in jpegs) or planes is not None:

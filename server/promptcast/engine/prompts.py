@@ -20,7 +20,7 @@ import torch
 from promptcast.engine.compile import FastCall
 from promptcast.engine.loading import Components
 from promptcast.engine.prompt_cache import LRUCache
-from promptcast.engine.sampling import to_device
+from promptcast.engine.transfer import to_device
 
 
 @dataclass

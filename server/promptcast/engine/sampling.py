@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from promptcast.engine.compile import unet_call
+from promptcast.engine.transfer import to_device
 
 # (in_scale, x_coef, pred_coef, noise_coef) that make step_call return the UNet's prediction.
 IDENTITY = (1.0, 0.0, 1.0, 0.0)
@@ -165,15 +166,6 @@ def plan_steps(scheduler: Any, device: torch.device, begin: int = 0) -> StepPlan
             noisy=tuple(c[3] != 0.0 for c in coefs),
             init_sigma=float(scheduler.init_noise_sigma),
         )
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU tensor copied to `device` without waiting for the device's queued work: through
-    pinned memory on CUDA (a copy from pageable memory may wait for the stream; the pinned block
-    is not reused before the copy is done)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def step_noise(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,8 @@ class EngineThread:
             self._busy_since = None
 
     def busy_for(self) -> float:
-        """Seconds the call (or served item) in flight has been running; 0 when idle. A GPU step that never
-        returns (a hung kernel, a deadlock) shows up here, for /readyz."""
+        """Seconds the call (or served item) in flight has been running; 0 when idle. A GPU step
+        that never returns (a hung kernel, a deadlock) shows up here, for /readyz."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
 

@@ -119,7 +119,6 @@ class LatestFrameTrack(MediaStreamTrack):
         return frame
 
 
-
 class WebRTCPeer:
     """One session's peer connection: the video track, and the data channel for frame metadata.
     Implements the runtime's VideoSink."""

@@ -9,9 +9,10 @@
 # It prints one table per run and a summary last; the JSON reports land in $OUT.
 #
 # Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed (and
-# capped by what is left of 540 s) and the most important come first: SD-Turbo with a kernel
-# profile, SDXL compiled by blocks and then whole (the side-by-side of the two scopes), then a
-# warm start, tuning off and max-autotune if time is left.
+# capped by what is left of 540 s) and the most important come first: SD-Turbo, then SDXL
+# compiled whole (the default), each at 1 and 2 steps, batch 1 and 4, with a kernel profile;
+# then SD-Turbo's warm start, SDXL compiled by blocks (the side-by-side of the two scopes),
+# tuning off and max-autotune, as time allows.
 set -uo pipefail
 OUT=${OUT:-/tmp/promptcast-gpu}
 mkdir -p "$OUT"
@@ -44,24 +45,26 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 # keystroke latency and profile, and rewrites its JSON after each (a step cut off by its limit
 # keeps those, marked "(cut off)" in the summary), so the limits are generous and the order is
 # by importance.
-# 1. SD-Turbo (SD 2.1) 512 px, 1 step, batch 1 and 4, CUDA graphs, default tuning (cuDNN
-#    benchmark, 1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine,
-#    against stock diffusers; where the time goes.
-bench sd21-fast 200 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
+# The first two time 1 and 2 steps on the same compiled buckets (one serves every step count).
+# 1. SD-Turbo (SD 2.1) 512 px, batch 1 and 4, CUDA graphs, default tuning (cuDNN benchmark,
+#    1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine, against stock
+#    diffusers; where the time goes.
+bench sd21-fast 200 --arch sd21 --resolution 512 --steps 1,2 --batch 1,4 --compile cuda-graphs \
   --compile-tuning fast --profile "$OUT/profile-sd21.md"
-# 2. SDXL 1024 px, 1 step, compiled by blocks (the shorter cold start: the UNet's distinct
-#    blocks compiled, the text encoders captured without compiling), from its own empty cache,
-#    against stock diffusers; where the time goes.
-bench sdxl-blocks 130 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
-  --compile-tuning fast --compile-scope blocks --profile "$OUT/profile-sdxl.md"
-# 3. ... and compiled whole, text encoders too: the side-by-side of the two scopes (start-up,
-#    ms/frame, the text encode of a new prompt), and the same settings as the last GPU run.
-bench sdxl-whole 210 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
-  --compile-tuning fast --no-stock
-# If time is left: SD-Turbo again from the compile cache step 1 filled (the warm start), then
-# with inductor's defaults (what the first GPU run measured), then max-autotune.
+# 2. SDXL 1024 px compiled whole (the default scope), text encoders too, batch 1 and then 4 (the
+#    second bucket is a second cold compile: it is cut off first), against stock diffusers;
+#    where the time goes.
+bench sdxl-whole 280 --arch sdxl --resolution 1024 --steps 1,2 --batch 1,4 --compile cuda-graphs \
+  --compile-tuning fast --profile "$OUT/profile-sdxl.md"
+# 3. SD-Turbo again, from the compile cache step 1 filled: the warm start.
 bench sd21-warm 60 --arch sd21 --resolution 512 --steps 1 --batch 1,4 --compile cuda-graphs \
   --compile-tuning fast --no-stock
+# If time is left: SDXL compiled by blocks (the shorter cold start: the UNet's distinct blocks
+# compiled, the text encoders captured without compiling), from its own empty cache, for the
+# side-by-side of the two scopes; then SD-Turbo with inductor's defaults (what the first GPU run
+# measured), then with max-autotune.
+bench sdxl-blocks 130 --arch sdxl --resolution 1024 --steps 1 --batch 1 --compile cuda-graphs \
+  --compile-tuning fast --compile-scope blocks --no-stock
 bench sd21-off 120 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
   --compile-tuning off --no-stock
 bench sd21-max 300 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \

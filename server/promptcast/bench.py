@@ -233,7 +233,8 @@ def add_parser(sub: Any) -> None:
           type=float)
     o.add("--duration", "PROMPTCAST_BENCH_DURATION", 20.0, "seconds of typing", type=float)
     o.add("--size", "PROMPTCAST_BENCH_SIZE", None, "image size WxH to ask for", type=parse_size)
-    o.add("--steps", "PROMPTCAST_BENCH_STEPS", None, "steps to ask for", type=positive_int)
+    o.add("--steps", "PROMPTCAST_BENCH_STEPS", None, "steps to ask for (with --arch: the step "
+          "counts to time, e.g. 1,2; each is timed on the same compiled buckets)", type=step_counts)
     o.add("--model", "PROMPTCAST_BENCH_MODEL", None, "model for the local server")
     o.add("--device", "PROMPTCAST_BENCH_DEVICE", "auto", "device for the local server")
     o.add("--json", "PROMPTCAST_BENCH_JSON", None, "also write the report as JSON to this file "
@@ -276,6 +277,14 @@ def add_parser(sub: Any) -> None:
           "longest kernels) to this file")
 
 
+def step_counts(text: str) -> tuple[int, ...]:
+    """"1,2" -> (1, 2), in the order given (the first is the engine's default, and profiled)."""
+    counts = tuple(dict.fromkeys(positive_int(part) for part in text.split(",") if part.strip()))
+    if not counts:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of step counts like 1,2")
+    return counts
+
+
 NATIVE_RESOLUTION = {"sdxl": 1024, "sd15": 512, "sd21": 512, "tiny": 128}
 
 
@@ -286,6 +295,10 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         print("--arch needs --random-weights (real weights are benchmarked with a running server: "
               "promptcast bench --url or --model)", file=sys.stderr)
         return 2
+    if why := benchmark.unsupported_steps(args.arch, args.steps or (1,)):
+        print(f"promptcast bench: error: {why}", file=sys.stderr)
+        return 2
+
     def write(result: benchmark.BenchResult) -> None:
         if args.json:  # after each measurement too: a run cut off by a time limit leaves those
             with open(args.json, "w") as f:
@@ -293,7 +306,7 @@ def run_engine_bench(args: argparse.Namespace) -> int:
 
     result = benchmark.run(
         args.arch, args.device, args.dtype, args.resolution or NATIVE_RESOLUTION[args.arch],
-        args.steps or 1, args.batch, args.compile, args.iterations, not args.no_stock,
+        args.steps or (1,), args.batch, args.compile, args.iterations, not args.no_stock,
         args.compile_cache, args.compile_tuning, args.profile, args.jpeg_encode, args.compile_scope,
         progress=write,
     )
@@ -305,11 +318,16 @@ def run_engine_bench(args: argparse.Namespace) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     if args.arch:
         return run_engine_bench(args)
+    if args.steps and len(args.steps) > 1:
+        print("promptcast bench: error: typists ask for one step count; several are for --arch",
+              file=sys.stderr)
+        return 2
     texts = tuple(args.text or DEFAULT_TEXTS)
 
     def bench(url: str) -> dict[str, Any]:
         return asyncio.run(
-            run_bench(url, args.typists, args.cps, args.duration, texts, args.size, args.steps)
+            run_bench(url, args.typists, args.cps, args.duration, texts, args.size,
+                      args.steps[0] if args.steps else None)
         )
 
     if args.url:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from promptcast.engine import benchmark
 
@@ -14,20 +15,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Path) -> None:
-    snapshots: list[dict[str, object]] = []
-    result = benchmark.run("tiny", "cpu", "auto", 64, 1, (1, 2), "eager", 2, stock=False,
+    snapshots: list[dict[str, Any]] = []
+    result = benchmark.run("tiny", "cpu", "auto", 64, (1, 2), (1, 2), "eager", 2, stock=False,
                            progress=lambda r: snapshots.append(json.loads(benchmark.to_json(r))))
-    # Batch 1 warmed, measured, then its keystroke latency; batch 2 warmed, measured: each
-    # bucket's cold start and figures are reported before the next bucket compiles.
-    assert [len(s["batches"]) for s in snapshots] == [0, 1, 1, 1, 2]  # type: ignore[arg-type]
+    # Batch 1 warmed; each step count measured, then its lone-frame figures (keystroke, img2img);
+    # batch 2 warmed, each step count measured: each bucket's cold start and figures are
+    # reported before the next bucket compiles.
+    assert [len(s["batches"]) for s in snapshots] == [0, 1, 1, 2, 2, 2, 3, 4]
     assert not any(s["complete"] for s in snapshots)
-    assert snapshots[0]["warm_up_s"] > 0 and snapshots[1]["keystroke_to_frame_ms"] == 0.0  # type: ignore[operator]
-    assert snapshots[2]["keystroke_to_frame_ms"] > 0  # type: ignore[operator]
-    assert snapshots[4]["warm_up_s"] >= snapshots[0]["warm_up_s"]  # type: ignore[operator]
+    assert snapshots[0]["warm_up_s"] > 0
+    assert snapshots[1]["batches"][0]["keystroke_ms"] is None
+    assert snapshots[1]["batches"][0]["img2img_ms"] is None
+    assert snapshots[-1]["warm_up_s"] >= snapshots[0]["warm_up_s"]
     assert result.complete and json.loads(benchmark.to_json(result))["complete"] is True
-    assert result.host_syncs is None  # counted on CUDA only
-    assert snapshots[1]["img2img_ms"] is None and snapshots[2]["img2img_ms"] > 0  # type: ignore[operator]
+    assert [(b.batch, b.steps) for b in result.batches] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    alone, batched = result.batches[:2], result.batches[2:]
+    assert all(b.keystroke_ms and b.text_miss_ms and b.img2img_ms for b in alone)
+    assert all(b.keystroke_ms is b.img2img_ms is None for b in batched)
+    assert all(b.host_syncs is None for b in result.batches)  # counted on CUDA only
     assert all(b.video_cpu_ms > 0 and b.video_device_ms > 0 for b in result.batches)
+    # The second step runs the UNet twice: the denoise stage is per batch, UNet ms per step.
+    for one_step, two_steps in ((alone[0], alone[1]), (batched[0], batched[1])):
+        assert two_steps.unet_step_ms == two_steps.stages_ms["denoise_ms"] / 2
+        assert one_step.unet_step_ms == one_step.stages_ms["denoise_ms"]
 
     cut = tmp_path / "sdxl-whole.json"
     # A run where a call fell back (FastCall) says so beside its mode.
@@ -36,7 +46,17 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     done.write_text(benchmark.to_json(result))
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(cut), str(done)],
                            capture_output=True, text=True, check=True).stdout
-    assert "| sdxl-whole (cut off) | tiny | 64 |" in table
+    assert "| sdxl-whole (cut off) | tiny | 64 | 1 |" in table
     assert "| eager/none (eager)/whole (fallback: unet step) |" in table
-    assert "| sd21-fast | tiny | 64 |" in table and table.count("\n| sd21-fast |") == 2
-    assert f"| {result.img2img_ms:.2f} |" in table  # the img2img column, batch-1 figure
+    rows = [line for line in table.splitlines() if line.startswith("| sd21-fast |")]
+    assert [row.split(" | ")[3:6:2] for row in rows] == [["1", "1"], ["2", "1"], ["1", "2"], ["2", "2"]]
+    assert f"| {result.batches[1].img2img_ms:.2f} |" in rows[1]  # each step count's img2img
+
+
+def test_a_step_count_the_preset_does_not_take_is_refused_before_building() -> None:
+    assert benchmark.unsupported_steps("sd21", (1, 2, 4)) is None
+    why = benchmark.unsupported_steps("sdxl", (1, 8))
+    assert why is not None and "sdxl-turbo" in why and "[8]" in why
+    run = subprocess.run([sys.executable, "-m", "promptcast", "bench", "--arch", "sdxl",
+                          "--random-weights", "--steps", "1,8"], capture_output=True, text=True)
+    assert run.returncode == 2 and "not [8]" in run.stderr

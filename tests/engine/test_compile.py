@@ -63,6 +63,10 @@ def test_hot_path_never_recompiles(compiled: Engine) -> None:
     for n in (1, 3, 4, 2, 1):  # new prompts, seeds and batch sizes; 3 and 2 are padded to 4
         frames = compiled.render_batch(reqs(n, text=f"batch of {n}"))
         assert len(frames) == n and all(f.pixels.shape == (SIZE, SIZE, 3) for f in frames)
+    # Warmed at 2 steps: one compiled call serves every step count.
+    one, four = (compiled.render(RenderRequest("a red circle", 7, k, SIZE, SIZE)) for k in (1, 4))
+    assert one.pixels.shape == four.pixels.shape == (SIZE, SIZE, 3)
+    assert not np.array_equal(one.pixels, four.pixels)
     image = io.BytesIO()
     Image.new("RGB", (SIZE, SIZE), (0, 90, 200)).save(image, format="PNG")
     img2img = RenderRequest("a blue sea", 3, 2, SIZE, SIZE, image=image.getvalue(), strength=0.5)
@@ -107,7 +111,7 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     # (config.patch, not monkeypatch: monkeypatch's undo deletes a dynamo config entry.)
     with pytest.raises(SystemExit) as exited, torch._dynamo.config.patch(error_on_recompile=False):
         main(["bench", "--arch", "tiny", "--random-weights", "--device", "cpu", "--resolution",
-              str(SIZE), "--steps", "2", "--batch", "1,4", "--compile", "compile",
+              str(SIZE), "--steps", "2,1", "--batch", "1,4", "--compile", "compile",
               "--compile-cache", str(cache_dir), "--iterations", "3", "--json", str(out),
               "--profile", str(kernels)])
     assert exited.value.code == 0
@@ -120,13 +124,15 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     assert profile.startswith(
         f"tiny {SIZE}x{SIZE}, 2 step(s), batch 1, mode compile, tuning fast, scope whole")
     assert "| category | ms/frame | share |" in profile and "| convolution |" in profile
-    assert [b["batch"] for b in report["batches"]] == [1, 4]
+    assert [(b["batch"], b["steps"]) for b in report["batches"]] == [(1, 2), (1, 1), (4, 2), (4, 1)]
     for b in report["batches"]:
         assert b["fps"] > 0 and b["unet_step_ms"] > 0 and b["stages_ms"]["decode_ms"] > 0
-    assert report["stock_frame_ms"] > 0 and report["speed_up"] > 0
-    assert report["keystroke_to_frame_ms"] > report["text_miss_ms"] > 0
+    for b in report["batches"][:2]:  # batch 1, at each step count
+        assert b["stock_ms"] > 0 and b["speed_up"] > 0
+        assert b["keystroke_ms"] > b["text_miss_ms"] > 0
     printed = capsys.readouterr().out
-    assert "| batch | ms/batch | frames/s |" in printed and "stock diffusers pipeline" in printed
+    assert "| batch | steps | ms/batch | frames/s |" in printed
+    assert printed.count("stock diffusers pipeline") == 2
 
 
 def test_arch_without_random_weights_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,11 +4,14 @@ Random weights have the real model's shapes, so the same FLOPs and the same time
 and nothing needs downloading. The benchmark:
 
 1. builds the architecture (engine/archs.py) on the device;
-2. times the stock diffusers pipeline on it, same settings, batch 1, prompt embedding cached;
+2. times the stock diffusers pipeline on it, same settings, batch 1, prompt embedding cached,
+   at each step count asked for;
 3. loads the same components into the engine (fused QKV, compiled, CUDA graphs per bucket
-   when asked) and, one batch size at a time (batch 1 first), warms its bucket and times it:
-   per-stage milliseconds, frames/s; at batch 1 also the server-side keystroke-to-frame time of
-   a prompt the cache has never seen and, on CUDA, the host syncs of a frame;
+   when asked) and, one batch size at a time (batch 1 first), warms its bucket and times it at
+   each step count (one compiled, captured bucket serves every step count, so a second step
+   count costs seconds, not a compile): per-stage milliseconds, frames/s; at batch 1 also the
+   server-side keystroke-to-frame time of a prompt the cache has never seen, an img2img frame
+   and, on CUDA, the host syncs of a frame;
 4. prints a table with the speed-up over the stock pipeline, measured in the same run.
 
 The stock pipeline runs first, on the untouched modules: the engine's set-up (QKV fusion,
@@ -23,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,7 +53,11 @@ ARCH_PRESETS: dict[str, tuple[str, float | None]] = {
 
 @dataclass
 class BatchResult:
+    """One batch size at one step count. The batch-1 rows also carry what is measured on a
+    lone frame (the targets are batch-1 figures)."""
+
     batch: int
+    steps: int
     frame_ms: float  # median wall time of one batch: render (text cached), and JPEG where the
     # engine encodes (engine_encode_ms), as a WebSocket client gets it
     fps: float  # frames per second at this batch size, render + JPEG encode
@@ -61,6 +69,19 @@ class BatchResult:
     # makes it without the engine's planes) and on the render device (engine/yuv.py)
     video_cpu_ms: float = 0.0
     video_device_ms: float = 0.0
+    # Batch 1 only, else None:
+    stock_ms: float | None = None  # the stock diffusers pipeline, embedding cached
+    keystroke_ms: float | None = None  # a prompt never seen: text encode + render + JPEG
+    text_miss_ms: float | None = None  # of that, the text encode (a cache miss)
+    # img2img (strength 0.5, prompt cached) with a new init image every frame, decoded beside
+    # the engine as the server does it: a creative tool's live canvas
+    img2img_ms: float | None = None
+    # Calls in one frame (prompt cached) that made the CPU wait for the GPU, as
+    # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. None on a CPU.
+    host_syncs: int | None = None
+
+    def speed_up(self) -> float | None:
+        return None if self.stock_ms is None else self.stock_ms / self.frame_ms
 
 
 @dataclass
@@ -71,33 +92,28 @@ class BenchResult:
     dtype: str
     mode: str
     resolution: int
-    steps: int
+    steps: list[int]  # the step counts timed, each on every batch size
     load_s: float  # building the random-weight models on the device, and the engine's set-up
     warm_up_s: float
-    stock_frame_ms: float | None  # the stock diffusers pipeline, batch 1, embedding cached
-    keystroke_to_frame_ms: float  # batch 1, a prompt never seen: text encode + render + encode
-    # batch 1, img2img (strength 0.5, prompt cached) with a new init image every frame, decoded
-    # beside the engine as the server does it: a creative tool's live canvas
-    img2img_ms: float | None = None
-    text_miss_ms: float = 0.0  # of that, the text encode (a cache miss: the text encoder runs)
     tuning: str = "fast"  # --compile-tuning; eager runs have none
     scope: str = "whole"  # --compile-scope
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
     # device: "nvjpeg" on a GPU, "engine (cpu)" on a CPU
-    batches: list[BatchResult] = field(default_factory=list)
-    # Calls in one batch-1 frame (prompt cached) that made the CPU wait for the GPU, as
-    # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. None on a CPU.
-    host_syncs: int | None = None
+    batches: list[BatchResult] = field(default_factory=list)  # by batch size, then steps
     # Calls that ran in a lesser mode than `mode` (the compiler or the capture failed): name ->
     # why (Engine.model_info's compile_fallbacks).
     fallbacks: dict[str, str] = field(default_factory=dict)
     complete: bool = False  # False in a progress report: measurements are still to come
 
-    def speed_up(self) -> float | None:
-        one = next((b for b in self.batches if b.batch == 1), None)
-        if self.stock_frame_ms is None or one is None:
-            return None
-        return self.stock_frame_ms / one.frame_ms
+
+def unsupported_steps(arch: str, steps: Sequence[int]) -> str | None:
+    """Why `arch` cannot be timed at `steps`, or None if it can."""
+    preset = PRESETS[ARCH_PRESETS[arch][0]]
+    unsupported = [k for k in steps if k not in preset.steps]
+    if not unsupported:
+        return None
+    return (f"{arch} is sampled with the {preset.name} preset, which takes {list(preset.steps)} "
+            f"steps, not {unsupported}")
 
 
 def _sync(device: torch.device) -> None:
@@ -138,22 +154,25 @@ def time_stock(components: Any, resolution: int, steps: int, guidance: float,
     return median_ms(frame, device, iterations)
 
 
-def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: int,
+def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: Sequence[int],
         batches: Sequence[int], compile_mode: str, iterations: int, stock: bool,
         compile_cache: str | None = None, compile_tuning: str = "fast",
         profile_to: str | None = None, jpeg_encode: str = "auto",
         compile_scope: str = "whole",
         progress: Callable[[BenchResult], None] | None = None) -> BenchResult:
-    """`profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there.
+    """`steps`: the step counts to time, the first the engine's default (the one profiled).
+    `profile_to`: also profile batch-1 frames (kernel_profile.py) and write the report there.
     `progress`: called with the result so far after warm-up and after each measurement, so that
     a run cut off by a time limit (bench/gpu.sh time-boxes every step) leaves what it measured."""
     report = progress or (lambda _result: None)
+    if why := unsupported_steps(arch, steps):
+        raise ValueError(why)
+    preset, guidance = ARCH_PRESETS[arch]
     torch.manual_seed(0)
     device = resolve_device(device_name)
     dtype = resolve_dtype(dtype_name, device)
-    preset, guidance = ARCH_PRESETS[arch]
     config = EngineConfig(
-        preset=preset, device=str(device), dtype=dtype_name, steps=steps, guidance=guidance,
+        preset=preset, device=str(device), dtype=dtype_name, steps=steps[0], guidance=guidance,
         sizes=((resolution, resolution),), size=(resolution, resolution),
         batch_sizes=tuple(sorted(set(batches) | {1})), compile=compile_mode,
         compile_cache=compile_cache, compile_tuning=compile_tuning, compile_scope=compile_scope,
@@ -164,10 +183,11 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
     started = time.perf_counter()
     components = build_components(arch, device, dtype)
     build_s = time.perf_counter() - started
-    stock_ms = None
+    stock_ms: dict[int, float] = {}
     if stock:
         stock_guidance = PRESETS[preset].guidance if guidance is None else guidance
-        stock_ms = time_stock(components, resolution, steps, stock_guidance, device, iterations)
+        stock_ms = {k: time_stock(components, resolution, k, stock_guidance, device, iterations)
+                    for k in steps}
     engine = Engine(config)
     started = time.perf_counter()
     engine.load(components)
@@ -178,13 +198,11 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
     result = BenchResult(
         arch=arch, preset=preset, device=torch.cuda.get_device_name(device) if device.type == "cuda"
         else "cpu", dtype=str(dtype).removeprefix("torch."), mode=engine.mode,
-        resolution=resolution, steps=steps, load_s=load_s, warm_up_s=0.0,
-        stock_frame_ms=stock_ms, keystroke_to_frame_ms=0.0,
+        resolution=resolution, steps=list(steps), load_s=load_s, warm_up_s=0.0,
         tuning=compile_tuning if engine.mode != "eager" else "none (eager)", scope=compile_scope,
         jpeg_encoder=("cpu" if not engine.encodes_jpeg
                       else "nvjpeg" if device.type == "cuda" else "engine (cpu)"),
     )
-    one = RenderRequest(texts[0], 0, steps, resolution, resolution)
     # Each bucket is warmed (compiled, captured) just before it is measured, batch 1 first with
     # everything measured on it (the targets are batch-1 figures): a run cut short by its time
     # limit (bench/gpu.sh's) keeps what it measured, its cold start included.
@@ -193,40 +211,52 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: in
         result.warm_up_s += engine.warm_up_seconds
         result.fallbacks = engine.compile_fallbacks()
         report(result)
-        if b in batches:
-            reqs = [RenderRequest(texts[i % len(texts)], i, steps, resolution, resolution)
+        if b not in batches:
+            continue
+        for k in steps:
+            reqs = [RenderRequest(texts[i % len(texts)], i, k, resolution, resolution)
                     for i in range(b)]
-            result.batches.append(_time_batch(engine, reqs, device, iterations))
+            row = _time_batch(engine, reqs, device, iterations)
+            result.batches.append(row)
             report(result)
-        if b == 1:
-            _time_keystroke(engine, result, device, iterations)
-            result.img2img_ms = _time_img2img(engine, result, device, iterations)
-            result.host_syncs = count_host_syncs(lambda: engine.render(one), device)
-            report(result)
-            if profile_to is not None:
-                kernels = profile_frames(lambda: engine.render(one), device,
-                                         min(iterations, 10)).report()
-                with open(profile_to, "w") as f:
-                    f.write(f"{arch} {resolution}x{resolution}, {steps} step(s), batch 1, mode "
-                            f"{result.mode}, tuning {result.tuning}, scope {result.scope}, "
-                            f"{result.device}\n\n{kernels}\n")
+            if b == 1:
+                row.stock_ms = stock_ms.get(k)
+                _time_alone(engine, row, resolution, device, iterations)
+                report(result)
+        if b == 1 and profile_to is not None:
+            one = RenderRequest(texts[0], 0, steps[0], resolution, resolution)
+            kernels = profile_frames(partial(engine.render, one), device,
+                                     min(iterations, 10)).report()
+            with open(profile_to, "w") as f:
+                f.write(f"{arch} {resolution}x{resolution}, {steps[0]} step(s), batch 1, mode "
+                        f"{result.mode}, tuning {result.tuning}, scope {result.scope}, "
+                        f"{result.device}\n\n{kernels}\n")
     result.complete = True
     return result
 
 
-def _time_img2img(engine: Engine, result: BenchResult, device: torch.device,
+def _time_alone(engine: Engine, row: BatchResult, size: int, device: torch.device,
+                iterations: int) -> None:
+    """The batch-1 figures beside the frame time: a keystroke (a new prompt), an img2img frame
+    with a new canvas, and the host syncs of a frame."""
+    row.keystroke_ms, row.text_miss_ms = _time_keystroke(engine, row.steps, size, device,
+                                                         iterations)
+    row.img2img_ms = _time_img2img(engine, row.steps, size, device, iterations)
+    row.host_syncs = count_host_syncs(
+        lambda: engine.render(RenderRequest("a photo of a cat", 0, row.steps, size, size)), device)
+
+
+def _time_img2img(engine: Engine, steps: int, size: int, device: torch.device,
                   iterations: int) -> float:
     """Median ms of an img2img frame, batch 1, a new init image (a JPEG) every frame, waiting
     for its decode beside the engine before timing (the server starts it as the image arrives,
     while the GPU renders the frame before)."""
-    size = result.resolution
     gx, gy = np.meshgrid(np.linspace(0, 255, size), np.linspace(0, 255, size))
     canvas = np.stack([gx, gy, 255 - gx], -1).astype(np.uint8)
     times = []
     for i in range(iterations + 1):
         canvas[(i * 7) % size, :] = 255  # a stroke more each frame
-        req = RenderRequest("a photo of a cat", 1, result.steps, size, size,
-                            encode_jpeg(canvas, 90), 0.5)
+        req = RenderRequest("a photo of a cat", 1, steps, size, size, encode_jpeg(canvas, 90), 0.5)
         decode = engine.prefetch(req)
         assert decode is not None
         decode.result()
@@ -238,21 +268,21 @@ def _time_img2img(engine: Engine, result: BenchResult, device: torch.device,
     return statistics.median(times)
 
 
-def _time_keystroke(engine: Engine, result: BenchResult, device: torch.device,
-                    iterations: int) -> None:
-    """A keystroke: a prompt the cache has never seen, rendered alone, then encoded."""
+def _time_keystroke(engine: Engine, steps: int, size: int, device: torch.device,
+                    iterations: int) -> tuple[float, float]:
+    """A keystroke: a prompt the cache has never seen, rendered alone, then encoded. Medians of
+    the whole and of its text encode, in ms."""
     latencies, text_ms = [], []
     for i in range(iterations):
         _sync(device)
         t0 = time.perf_counter()
-        frame = engine.render(RenderRequest(f"a keystroke prompt number {i}", 1, result.steps,
-                                            result.resolution, result.resolution), jpeg=True)
+        frame = engine.render(RenderRequest(f"a keystroke prompt number {i} in {steps} steps", 1,
+                                            steps, size, size), jpeg=True)
         if frame.jpeg is None:
             encode_jpeg(frame.pixels, 85)
         latencies.append((time.perf_counter() - t0) * 1e3)
         text_ms.append(frame.timings["text_encode_ms"])
-    result.keystroke_to_frame_ms = statistics.median(latencies)
-    result.text_miss_ms = statistics.median(text_ms)
+    return statistics.median(latencies), statistics.median(text_ms)
 
 
 def count_host_syncs(frame: Callable[[], object], device: torch.device) -> int | None:
@@ -291,7 +321,7 @@ def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
     video_device_ms = median_ms(lambda: i420_from_rgb(frames), device, iterations) / b
     in_engine = stages.get("encode_ms")
     return BatchResult(
-        batch=b, frame_ms=frame_ms,
+        batch=b, steps=reqs[0].steps, frame_ms=frame_ms,
         fps=b * 1e3 / (frame_ms if in_engine is not None else frame_ms + b * encode_ms),
         stages_ms=stages, unet_step_ms=stages["denoise_ms"] / reqs[0].steps, encode_ms=encode_ms,
         engine_encode_ms=None if in_engine is None else in_engine / b,
@@ -300,19 +330,18 @@ def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
 
 
 def table(r: BenchResult) -> str:
-    speed_up = r.speed_up()
     lines = [
-        f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.steps} step(s), {r.device}, "
-        f"{r.dtype}, mode {r.mode}, tuning {r.tuning}, scope {r.scope}: load {r.load_s:.1f} s, "
-        f"warm-up (compile/capture) {r.warm_up_s:.1f} s",
-        "| batch | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
-        "|---|---|---|---|---|---|---|",
+        f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.device}, {r.dtype}, mode "
+        f"{r.mode}, tuning {r.tuning}, scope {r.scope}: load {r.load_s:.1f} s, warm-up "
+        f"(compile/capture) {r.warm_up_s:.1f} s",
+        "| batch | steps | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for b in r.batches:
         s = b.stages_ms
         lines.append(
-            f"| {b.batch} | {b.frame_ms:.2f} | {b.fps:.1f} | {s['text_encode_ms']:.2f} | "
-            f"{b.unet_step_ms:.2f} | {s['decode_ms']:.2f} | {b.encode_ms:.2f} |"
+            f"| {b.batch} | {b.steps} | {b.frame_ms:.2f} | {b.fps:.1f} | {s['text_encode_ms']:.2f} "
+            f"| {b.unet_step_ms:.2f} | {s['decode_ms']:.2f} | {b.encode_ms:.2f} |"
         )
     for name, why in r.fallbacks.items():
         lines.append(f"FALLBACK: the {name} {why}; it ran in a lesser mode than {r.mode}")
@@ -321,21 +350,30 @@ def table(r: BenchResult) -> str:
         lines.append(f"JPEG in the engine ({r.jpeg_encoder}): {in_engine:.2f} ms/frame, counted "
                      "in ms/batch; the JPEG column is the CPU's, for comparison")
     for b in r.batches:
-        lines.append(f"I420 for video, batch {b.batch}: {b.video_device_ms:.3f} ms/frame on "
-                     f"{r.device} (the engine's), {b.video_cpu_ms:.2f} ms/frame on the CPU "
-                     "(libswscale)")
-    lines.append(f"keystroke to frame (new prompt, batch 1, with text encode and JPEG): "
-                 f"{r.keystroke_to_frame_ms:.2f} ms, of which text encode {r.text_miss_ms:.2f} ms")
-    if r.img2img_ms is not None:
-        lines.append(f"img2img, batch 1, a new init image each frame (decoded beside the engine): "
-                     f"{r.img2img_ms:.2f} ms/frame")
-    if r.host_syncs is not None:
-        lines.append(f"host syncs in a batch-1 frame (reading the pixels back is one): {r.host_syncs}")
-    if r.stock_frame_ms is not None:
-        lines.append(f"stock diffusers pipeline, batch 1, same settings: {r.stock_frame_ms:.2f} ms/frame"
-                     + (f"; promptcast is {speed_up:.2f}x faster" if speed_up else ""))
+        if b.steps == r.steps[0]:  # the conversion does not depend on the steps
+            lines.append(f"I420 for video, batch {b.batch}: {b.video_device_ms:.3f} ms/frame on "
+                         f"{r.device} (the engine's), {b.video_cpu_ms:.2f} ms/frame on the CPU "
+                         "(libswscale)")
+    for b in r.batches:
+        if b.keystroke_ms is None or b.text_miss_ms is None:
+            continue
+        lines.append(f"{b.steps} step(s), batch 1: keystroke to frame (new prompt, with text "
+                     f"encode and JPEG) {b.keystroke_ms:.2f} ms, of which text encode "
+                     f"{b.text_miss_ms:.2f} ms")
+        if b.img2img_ms is not None:
+            lines.append(f"  img2img, a new init image each frame (decoded beside the engine): "
+                         f"{b.img2img_ms:.2f} ms/frame")
+        if b.host_syncs is not None:
+            lines.append(f"  host syncs in a frame (reading the pixels back is one): {b.host_syncs}")
+        speed_up = b.speed_up()
+        if b.stock_ms is not None and speed_up is not None:
+            lines.append(f"  stock diffusers pipeline, same settings: {b.stock_ms:.2f} ms/frame; "
+                         f"promptcast is {speed_up:.2f}x faster")
     return "\n".join(lines)
 
 
 def to_json(r: BenchResult) -> str:
-    return json.dumps({**asdict(r), "speed_up": r.speed_up()})
+    report = asdict(r)
+    for row, b in zip(report["batches"], r.batches, strict=True):
+        row["speed_up"] = b.speed_up()
+    return json.dumps(report)

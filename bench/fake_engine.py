@@ -33,6 +33,7 @@ class FixedTimeEngine:
         self.prompt_cache = SimpleNamespace(hits=0, misses=0)
         self.c = SimpleNamespace(vae=None, full_vae=None)
         self.faults = 0
+        self.warming = None  # warm_up has no buckets to report
         # Between one batch's end and the next one's start: under a load that always has a job
         # waiting, the time the server's dispatch kept a GPU idle.
         self.idle_ms: deque[float] = deque(maxlen=100_000)

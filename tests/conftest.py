@@ -101,8 +101,10 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def run_server(engine: Any, **config_overrides: Any) -> AsyncIterator[Server]:
-    """A real uvicorn serving create_app(config, engine) on 127.0.0.1, on a free port."""
+async def run_server(engine: Any, wait_ready: bool = True, **config_overrides: Any
+                     ) -> AsyncIterator[Server]:
+    """A real uvicorn serving create_app(config, engine) on 127.0.0.1, on a free port; yielded
+    once the model is ready unless `wait_ready` is False."""
     import uvicorn
 
     from promptcast.app import create_app
@@ -122,7 +124,7 @@ async def run_server(engine: Any, **config_overrides: Any) -> AsyncIterator[Serv
                 task.result()
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        while not app.state.runtime.ready:
+        while wait_ready and not app.state.runtime.ready:
             await asyncio.sleep(0.01)
         yield Server("127.0.0.1", port, app)
     finally:

@@ -87,6 +87,21 @@ def test_only_changed_prompts_run_the_text_encoder(engine: Engine) -> None:
     assert len(calls) == 2
 
 
+def test_warm_up_reports_each_bucket_and_the_time_left(caplog: pytest.LogCaptureFixture) -> None:
+    eng = Engine(EngineConfig(sizes=((64, 64), (128, 128))))
+    eng.load()
+    assert eng.warming is None
+    with caplog.at_level("INFO", logger="promptcast.engine.pipeline"):
+        eng.warm_up()
+    assert eng.warming is not None and (eng.warming.buckets, eng.warming.done) == (2, 2)
+    assert eng.warming.left_s() == 0.0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm-up:")]
+    assert len(lines) == 2  # eager: one bucket per size
+    assert lines[0].startswith("warm-up: 64x64, batch 1 done (1 of 2 buckets) after ")
+    assert " s left" in lines[0]  # at the rate so far
+    assert lines[1].startswith("warm-up: 128x128, batch 1 done (2 of 2 buckets) after ")
+
+
 def test_prompt_cache_is_bounded() -> None:
     from promptcast.engine.prompt_cache import LRUCache
 

@@ -485,6 +485,37 @@ async def test_readyz_says_503_while_the_engine_is_stuck_and_recovers(engine: En
         await holder.close()
 
 
+class SlowWarmUpEngine(Engine):
+    """The real engine, its warm-up held after the first bucket until released: a first start
+    on a GPU compiles for minutes per bucket."""
+
+    def render_batch(self, reqs: Any, cancelled: Any = None, jpeg: Any = (), video: Any = ()
+                     ) -> list[Rendered]:
+        if reqs[0].text.startswith("warm-up") and self.warming and self.warming.done == 1:
+            self.holding.set()
+            assert self.release.wait(20)
+        return super().render_batch(reqs, cancelled, jpeg, video)
+
+
+async def test_readyz_says_how_far_the_warm_up_has_got(engine: Engine) -> None:
+    slow = SlowWarmUpEngine(engine.config)
+    slow.__dict__.update(engine.__dict__)  # share the loaded model
+    slow.warming, slow.holding, slow.release = None, threading.Event(), threading.Event()
+    async with run_server(slow, wait_ready=False) as srv:
+        assert await asyncio.to_thread(slow.holding.wait, 20)
+        status, body = await http_get(srv.http_url + "/readyz")
+        report = json.loads(body)
+        assert status == 503 and report["status"] == "loading"
+        warm_up = report["warm_up"]
+        assert (warm_up["buckets"], warm_up["done"]) == (len(engine.limits.sizes), 1)
+        assert warm_up["elapsed_s"] >= 0 and warm_up["estimated_left_s"] >= 0
+        slow.release.set()
+        while not srv.runtime.ready:
+            await asyncio.sleep(0.01)
+        status, body = await http_get(srv.http_url + "/readyz")
+        assert status == 200 and json.loads(body)["status"] == "ready"
+
+
 async def test_draining_refuses_new_sessions_and_says_so(engine: Engine) -> None:
     async with run_server(engine) as srv:
         srv.runtime.draining = True  # what SIGTERM sets (tests/e2e runs the real signal)

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,27 @@ class Rendered:
     yuv: np.ndarray | None = None  # (H * 3 / 2, W) uint8 I420 for a video track (--video-convert)
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """How far start-up's warm-up has got. A first start on a GPU compiles and captures every
+    shape bucket, minutes each for SDXL, before /readyz says ready: the log and /readyz say how
+    many are done and, at the rate so far, about how long is left."""
+
+    buckets: int  # shape buckets to warm: sizes x batch sizes (eager: one per size)
+    done: int = 0
+    elapsed_s: float = 0.0
+
+    def left_s(self) -> float | None:
+        """At the mean time per bucket so far; None before the first is done. (The first size's
+        buckets also compile the text encoder(s) for each batch size: the estimate starts high.)"""
+        return None if not self.done else self.elapsed_s / self.done * (self.buckets - self.done)
+
+    def report(self) -> dict[str, object]:
+        left = self.left_s()
+        return {"buckets": self.buckets, "done": self.done, "elapsed_s": round(self.elapsed_s, 1),
+                "estimated_left_s": None if left is None else round(left)}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,6 +136,8 @@ class Engine:
         # a client's strength slider may send any number of strengths.
         self._img2img_plans: LRUCache[tuple[StepPlan, float, float] | None] = LRUCache(64)
         self._time_id_rows: dict[tuple[int, int, int], torch.Tensor] = {}
+        # Replaced (not changed) as each bucket is warmed: other threads read it (/readyz).
+        self.warming: WarmUp | None = None
 
     # ------------------------------------------------------------ start-up
 
@@ -245,15 +268,23 @@ class Engine:
         elif not set(batch_sizes) <= set(self.config.batch_sizes):
             raise ValueError(f"batch sizes {list(batch_sizes)} are not all among "
                              f"{list(self.config.batch_sizes)}")
+        self.warming = progress = WarmUp(len(self.limits.sizes) * len(batch_sizes))
         for width, height in self.limits.sizes:
             for b in batch_sizes:
                 # Prompts new to each batch size: the text encoder's buckets are warmed too.
                 reqs = [RenderRequest(f"warm-up {b}.{i}", i, self.limits.default_steps, width,
                                       height) for i in range(b)]
                 self.render_batch(reqs)
-            if self.mode != "eager":  # img2img's image encoder has a bucket per size too
-                with torch.inference_mode():  # as render_batch calls it
-                    self._encode_image(np.zeros((height, width, 3), np.uint8))
+                if self.mode != "eager" and b == batch_sizes[-1]:
+                    # img2img's image encoder has a bucket per size too
+                    with torch.inference_mode():  # as render_batch calls it
+                        self._encode_image(np.zeros((height, width, 3), np.uint8))
+                self.warming = progress = replace(
+                    progress, done=progress.done + 1, elapsed_s=time.perf_counter() - started)
+                left = progress.left_s()
+                log.info("warm-up: %dx%d, batch %d done (%d of %d buckets) after %.1f s%s",
+                         width, height, b, progress.done, progress.buckets, progress.elapsed_s,
+                         f"; about {left:.0f} s left" if left else "")
         self.warm_up_seconds = time.perf_counter() - started
         log.info("warmed up (%s) in %.1f s", self.mode, self.warm_up_seconds)
         self.prompt_cache.clear()

@@ -317,7 +317,10 @@ class Runtime:
         if self.draining:
             return False, {"status": "shutting_down"}
         if not self.ready:
-            return False, {"status": "loading"}
+            warming = self.engine.warming  # set by the engine thread as buckets are warmed
+            if warming is None:
+                return False, {"status": "loading"}
+            return False, {"status": "loading", "warm_up": warming.report()}
         busy = self._thread.busy_for()
         if busy > self.config.stuck_after_s:
             return False, {"status": "stuck", "error": f"one engine call has run for {busy:.0f} s"}

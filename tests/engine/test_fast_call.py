@@ -4,6 +4,8 @@ recompile refused by `error_on_recompile` is still an error."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -57,3 +59,44 @@ def test_a_function_that_cannot_be_captured_runs_compiled_without_graphs(
     assert "it runs compiled, without CUDA graphs" in caplog.text
     call(torch.zeros(2))
     assert len(calls) == 2  # no second capture attempt
+
+
+class FakeStream:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def wait_stream(self, other: FakeStream) -> None:
+        pass
+
+
+def test_a_failed_capture_gives_the_caller_its_stream_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.cuda.graph makes its capture stream current on entering; when the capture failed,
+    # ending it raises before it leaves that stream (torch/cuda/graphs.py). CapturedCall is
+    # driven here with stand-ins for torch.cuda that behave so.
+    current = [FakeStream("caller")]
+
+    class FailingCapture:
+        def __init__(self, graph: object, pool: object) -> None:
+            pass
+
+        def __enter__(self) -> None:
+            current[0] = FakeStream("capture")
+
+        def __exit__(self, *exc: object) -> None:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: FakeStream("warm-up"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *device: current[0])
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: current.__setitem__(0, s))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", FailingCapture)
+
+    def syncs_while_capturing(x: torch.Tensor) -> torch.Tensor:
+        if current[0].name == "capture":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return x + 1
+
+    with pytest.raises(CaptureFailed, match=r"^operation not permitted when stream is capturing$"):
+        fast.CapturedCall(syncs_while_capturing, (torch.zeros(2),), pool=None)
+    assert current[0].name == "caller"

@@ -138,13 +138,20 @@ class CapturedCall(Generic[Out]):
                 fn(*self._inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self._graph = torch.cuda.CUDAGraph()
+        caller = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(self._graph, pool=pool):
                 self._output = fn(*self._inputs)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as exc:  # fn ran twice above: what failed is the capture
-            raise CaptureFailed(_first_line(exc)) from exc
+        except BaseException as exc:
+            # When the capture fails, ending it raises before torch.cuda.graph leaves its capture
+            # stream: put the caller's stream back, or all later work would run on that one.
+            torch.cuda.set_stream(caller)
+            if isinstance(exc, torch.OutOfMemoryError) or not isinstance(exc, RuntimeError):
+                raise
+            # fn ran twice above: what failed is the capture. Ending it then fails too, with a
+            # generic error; the first one says what in fn cannot be captured.
+            first = exc.__context__ if isinstance(exc.__context__, RuntimeError) else exc
+            raise CaptureFailed(_first_line(first)) from exc
 
     def __call__(self, args: Tensors) -> Out:
         for static, arg in zip(self._inputs, args, strict=True):

@@ -131,8 +131,11 @@ def load_components(
         vae = _load("tiny decoder", preset.tiny_vae, hint, AutoencoderTiny.from_pretrained, dtype=dtype)
 
     pipe.to(device)
-    if vae is pipe.vae and vae.config.get("force_upcast") and dtype == torch.float16:
-        vae.to(torch.float32)  # SDXL's full VAE produces NaNs in fp16
+    # SDXL's full VAE produces NaNs in fp16 (its config says force_upcast): whether it decodes
+    # every frame or only the refined ones (--refine-full-vae), and a --vae like it too.
+    for autoencoder in {id(m): m for m in (vae, pipe.vae)}.values():
+        if autoencoder.config.get("force_upcast") and dtype == torch.float16:
+            autoencoder.to(torch.float32)
     for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae, vae):
         if model is not None:
             model.to(device).eval().requires_grad_(False)  # .to(device) keeps each dtype

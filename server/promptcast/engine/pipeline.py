@@ -151,6 +151,12 @@ class Engine:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         if self.device.type == "cpu" and cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # The current device is per thread, and the streams, graph captures and events made
+            # without naming one use it: on cuda:1 with device 0 current, a capture would record
+            # an empty graph (the kernels run on cuda:1's stream), and every replay would return
+            # the warm-up frame. This runs on the engine thread, which does all the CUDA work.
+            torch.cuda.set_device(self.device)
         started = time.perf_counter()
         preset = self._named_preset()
         steps = cfg.steps or (preset.default_steps if preset else 0)

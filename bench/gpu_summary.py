@@ -14,7 +14,7 @@ def _ms(value: float | None, digits: int = 2) -> str:
 def main(paths: list[str]) -> None:
     print("| run | arch | px | steps | mode/tuning/scope | batch | ms/batch | frames/s | UNet ms/step "
           "| decode ms | JPEG ms (CPU / nvJPEG) | I420 ms (CPU / device) | keystroke ms (text) "
-          "| img2img ms | syncs/frame | warm-up s | stock ms | speed-up |")
+          "| img2img ms | syncs/frame (JPEG / video) | warm-up s | stock ms | speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -25,14 +25,14 @@ def main(paths: list[str]) -> None:
         for b in r["batches"]:
             keystroke = ("-" if b["keystroke_ms"] is None
                          else f"{b['keystroke_ms']:.2f} ({b['text_miss_ms']:.2f})")
-            syncs = b["host_syncs"]
+            syncs = "-" if b["host_syncs"] is None else f"{b['host_syncs']} / {b['host_syncs_video']}"
             speed_up = "" if b["speed_up"] is None else f"{b['speed_up']:.2f}x"
             print(f"| {name} | {r['arch']} | {r['resolution']} | {b['steps']} | {mode} "
                   f"| {b['batch']} | {b['frame_ms']:.2f} | {b['fps']:.1f} | {b['unet_step_ms']:.2f} "
                   f"| {b['stages_ms']['decode_ms']:.2f} "
                   f"| {b['encode_ms']:.2f} / {_ms(b['engine_encode_ms'])} "
                   f"| {b['video_cpu_ms']:.2f} / {b['video_device_ms']:.3f} | {keystroke} "
-                  f"| {_ms(b['img2img_ms'])} | {'-' if syncs is None else syncs} "
+                  f"| {_ms(b['img2img_ms'])} | {syncs} "
                   f"| {r['warm_up_s']:.1f} | {_ms(b['stock_ms'])} "
                   f"| {speed_up} |")
 

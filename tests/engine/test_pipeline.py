@@ -284,6 +284,35 @@ def test_the_engine_encodes_the_jpegs_it_is_asked_for(device_jpeg_engine: Engine
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(frames, plain, strict=True))
 
 
+def test_the_device_jpegs_of_a_batch_come_back_in_one_copy_split_per_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from promptcast.engine import image
+
+    calls: list[int] = []
+
+    def encode_jpeg(frames: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
+        # torchvision's batched call: one 1-D uint8 tensor of JPEG bytes per frame (on the
+        # frames' device; this CPU stands in for the GPU).
+        calls.append(len(frames))
+        return [torch.frombuffer(bytearray(image.encode_jpeg(f.permute(1, 2, 0).numpy(), quality)),
+                                 dtype=torch.uint8) for f in frames]
+
+    readbacks: list[int] = []
+    real_to_host = image.to_host
+    monkeypatch.setattr(image, "to_host", lambda *t: readbacks.append(len(t)) or real_to_host(*t))
+    monkeypatch.setitem(sys.modules, "torchvision.io", types.SimpleNamespace(encode_jpeg=encode_jpeg))
+    encode = image._nvjpeg(torch.device("cpu"), 90)
+    assert callable(encode)
+    frames = torch.stack([torch.full((3, 16, 24), v, dtype=torch.uint8) for v in (0, 128, 255)])
+    readbacks.clear()
+    jpegs = encode(frames)
+    assert calls[-1] == 3 and readbacks == [1]  # one batched encode, one copy back
+    for jpeg, frame in zip(jpegs, frames, strict=True):
+        assert jpeg == image.encode_jpeg(frame.permute(1, 2, 0).numpy(), 90)
+        assert Image.open(io.BytesIO(jpeg)).size == (24, 16)
+
+
 def test_jpeg_encoding_on_the_device_needs_a_working_nvjpeg_on_a_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

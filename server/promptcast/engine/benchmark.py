@@ -77,8 +77,11 @@ class BatchResult:
     # the engine as the server does it: a creative tool's live canvas
     img2img_ms: float | None = None
     # Calls in one frame (prompt cached) that made the CPU wait for the GPU, as
-    # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. None on a CPU.
+    # torch.cuda.set_sync_debug_mode counts them; reading the pixels back is one. A frame as a
+    # WebSocket client gets it (a JPEG, from the engine where it encodes), and one bound for a
+    # video track (its I420 planes, from the engine where it converts). None on a CPU.
     host_syncs: int | None = None
+    host_syncs_video: int | None = None
 
     def speed_up(self) -> float | None:
         return None if self.stock_ms is None else self.stock_ms / self.frame_ms
@@ -242,8 +245,9 @@ def _time_alone(engine: Engine, row: BatchResult, size: int, device: torch.devic
     row.keystroke_ms, row.text_miss_ms = _time_keystroke(engine, row.steps, size, device,
                                                          iterations)
     row.img2img_ms = _time_img2img(engine, row.steps, size, device, iterations)
-    row.host_syncs = count_host_syncs(
-        lambda: engine.render(RenderRequest("a photo of a cat", 0, row.steps, size, size)), device)
+    req = RenderRequest("a photo of a cat", 0, row.steps, size, size)
+    row.host_syncs = count_host_syncs(lambda: engine.render(req, jpeg=True), device)
+    row.host_syncs_video = count_host_syncs(lambda: engine.render(req, video=True), device)
 
 
 def _time_img2img(engine: Engine, steps: int, size: int, device: torch.device,
@@ -364,7 +368,8 @@ def table(r: BenchResult) -> str:
             lines.append(f"  img2img, a new init image each frame (decoded beside the engine): "
                          f"{b.img2img_ms:.2f} ms/frame")
         if b.host_syncs is not None:
-            lines.append(f"  host syncs in a frame (reading the pixels back is one): {b.host_syncs}")
+            lines.append(f"  host syncs in a frame (reading it back is one): {b.host_syncs} as a "
+                         f"JPEG, {b.host_syncs_video} for a video track")
         speed_up = b.speed_up()
         if b.stock_ms is not None and speed_up is not None:
             lines.append(f"  stock diffusers pipeline, same settings: {b.stock_ms:.2f} ms/frame; "

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from promptcast.engine.model_index import ModelLoadError
+from promptcast.engine.transfer import to_host
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,12 @@ def _nvjpeg(device: torch.device, quality: int) -> FrameEncoder | str:
         return f"torchvision cannot be used: {_first_line(exc)}"
 
     def encode(frames: torch.Tensor) -> list[bytes]:
-        # A list of CUDA tensors is one batched call (torchvision's docs).
+        # A list of CUDA tensors is one batched call (torchvision's docs). Its JPEGs stay on the
+        # device; they come back in one copy, one wait for the batch instead of one per frame.
         encoded = tv_encode_jpeg(list(frames), quality=quality)
-        return [t.cpu().numpy().tobytes() for t in encoded]
+        data = to_host(torch.cat(encoded))[0].tobytes()
+        ends = np.cumsum([t.numel() for t in encoded]).tolist()
+        return [data[start:end] for start, end in zip([0, *ends], ends, strict=False)]
 
     try:
         encode(torch.zeros((1, 3, 16, 16), dtype=torch.uint8, device=device))

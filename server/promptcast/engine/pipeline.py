@@ -51,7 +51,7 @@ from promptcast.engine.sampling import (
     supports,
 )
 from promptcast.engine.stage_clock import StageClock
-from promptcast.engine.transfer import to_device, to_host
+from promptcast.engine.transfer import select_rows, to_device, to_host
 from promptcast.engine.yuv import converts_on_device, i420_from_rgb
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ class Engine:
 
         def draw() -> torch.Tensor:
             gen = torch.Generator("cpu").manual_seed(seed)
-            return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+            return to_device(torch.randn(shape, generator=gen).to(self.dtype), self.device)
 
         noise, _ = self._noise.get_or_compute((seed, shape), draw)
         return noise
@@ -568,10 +568,11 @@ class Engine:
         wanted = [i for i in range(len(reqs)) if i < len(jpeg) and jpeg[i]]
         jpegs: list[bytes | None] = [None] * len(reqs)
         if self._jpeg is not None and wanted:
-            for i, data in zip(wanted, self._jpeg(frames[wanted]), strict=True):
+            for i, data in zip(wanted, self._jpeg(select_rows(frames, wanted)), strict=True):
                 jpegs[i] = data
         on_video = [i for i in range(len(reqs)) if i < len(video) and video[i]] if self._yuv else []
-        planes = i420_from_rgb(frames[on_video]) if on_video else None  # (v, H * 3 / 2, W)
+        # (v, H * 3 / 2, W)
+        planes = i420_from_rgb(select_rows(frames, on_video)) if on_video else None
         clock.mark()
         nhwc = frames.permute(0, 2, 3, 1).contiguous()  # (n, H, W, 3)
         pixels, *rest = to_host(nhwc) if planes is None else to_host(nhwc, planes)

@@ -1,5 +1,5 @@
-"""Copies between the host and the device that do not make the CPU wait for the GPU's queued
-work more than once a frame.
+"""Copies between the host and the device (and indexing that would copy) that do not make the
+CPU wait for the GPU's queued work more than once a frame.
 
 A copy from pageable host memory to the device may wait for the stream before it starts; one
 from the device into pageable memory is staged through a driver buffer, at about half the speed
@@ -32,3 +32,16 @@ def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
         host.copy_(t, non_blocking=True)
     torch.cuda.current_stream(tensors[0].device).synchronize()
     return [host.numpy() for host in pinned]
+
+
+def select_rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """t[rows] along the first dimension, without a host sync: indexing with a Python list
+    copies the index to the device from pageable memory, which waits for the device's queued
+    work. A run of consecutive rows (the usual case: every frame of a batch) is a slice, a view;
+    any other list goes to the device as to_device sends it."""
+    if not rows:
+        return t[:0]
+    first = rows[0]
+    if rows == list(range(first, first + len(rows))):
+        return t[first:first + len(rows)]
+    return t.index_select(0, to_device(torch.tensor(rows), t.device))

@@ -15,6 +15,8 @@ the two).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,11 +28,17 @@ from promptcast.engine.model_index import ModelLoadError
 _Y = (0.299, 0.587, 0.114)
 _CB = (-0.299 / 1.772, -0.587 / 1.772, 0.5)
 _CR = (0.5, -0.587 / 1.402, -0.114 / 1.402)
-_MATRIX = torch.tensor([[c * 219 / 255 for c in _Y],
-                        [c * 224 / 255 for c in _CB],
-                        [c * 224 / 255 for c in _CR]])  # (3, 3)
-_OFFSET = torch.tensor([16.0, 128.0, 128.0])
-_ROWS = torch.tensor([1.0, 3.0, 3.0, 1.0]).reshape(1, 1, 4, 1) / 8  # chroma's vertical filter
+_MATRIX = (tuple(c * 219 / 255 for c in _Y),
+           tuple(c * 224 / 255 for c in _CB),
+           tuple(c * 224 / 255 for c in _CR))  # (3, 3)
+_OFFSET = (16.0, 128.0, 128.0)
+
+
+@functools.cache
+def _coefficients(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix (3, 3) and offsets (3,) on `device`, copied there once: a copy from the host
+    on every frame would wait for the device's queued work (the decode) each time."""
+    return torch.tensor(_MATRIX, device=device), torch.tensor(_OFFSET, device=device)
 
 
 def video_frame(pixels: np.ndarray, yuv: np.ndarray | None) -> VideoFrame:
@@ -58,15 +66,16 @@ def i420_from_rgb(frames: torch.Tensor) -> torch.Tensor:
     b, _, h, w = frames.shape
     assert h % 2 == 0 and w % 2 == 0, "I420 needs an even width and height"
     rgb = frames.float()
-    matrix = _MATRIX.to(rgb.device)
-    offset = _OFFSET.to(rgb.device)
+    matrix, offset = _coefficients(rgb.device)
     y = torch.einsum("c,bchw->bhw", matrix[0], rgb) + offset[0]  # (B, H, W)
     # Filter the pixels, then apply the matrix: the same as filtering full-size chroma, since
-    # the conversion is linear. Rows 2i-1 .. 2i+2 for chroma row i, the edge rows repeated.
+    # the conversion is linear. Chroma row i is rows 2i-1 .. 2i+2 weighted 1, 3, 3, 1 (/ 8),
+    # the edge rows repeated: padded rows 2i .. 2i+3. (Slices, not a convolution: cuDNN's
+    # benchmark mode would time one on the hot path for each new batch size.)
     pairs = F.avg_pool2d(rgb, (1, 2))  # (B, 3, H, W/2)
     padded = F.pad(pairs, (0, 0, 1, 1), mode="replicate")  # (B, 3, H + 2, W/2)
-    taps = _ROWS.to(rgb.device).expand(3, 1, 4, 1)
-    quarter = F.conv2d(padded, taps, stride=(2, 1), groups=3)  # (B, 3, H/2, W/2)
+    tap = [padded[:, :, k:k + h - 1:2] for k in range(4)]  # each (B, 3, H/2, W/2)
+    quarter = (tap[0] + tap[3] + 3 * (tap[1] + tap[2])) / 8
     uv = torch.einsum("kc,bchw->bkhw", matrix[1:], quarter) + offset[1:, None, None]  # (B, 2, H/2, W/2)
     planes = torch.cat([y.reshape(b, -1), uv.reshape(b, -1)], dim=1)  # (B, H * W * 3 / 2)
     return planes.round().clamp(0, 255).to(torch.uint8).reshape(b, h * 3 // 2, w)

@@ -74,7 +74,10 @@ def test_meta_build_is_wired_like_the_real_model(arch: str) -> None:
     assert type(c.text_encoder) is CLIPTextModel
     assert isinstance(c.vae, AutoencoderTiny) and isinstance(c.full_vae, AutoencoderKL)
     for model in (c.text_encoder, c.unet, c.vae, c.full_vae):
-        assert model.device == META and model.dtype == torch.float16 and not model.training
+        assert model.device == META and not model.training
+    assert c.text_encoder.dtype == c.unet.dtype == c.vae.dtype == torch.float16
+    # The full autoencoders say force_upcast (SDXL's overflows in fp16), as the loader leaves them.
+    assert c.full_vae.config.force_upcast and c.full_vae.dtype == torch.float32
     assert c.unet.config.sample_size == {"sd15": 64, "sd21": 64, "sdxl": 128}[arch]
     assert c.force_zeros_for_empty_prompt is sdxl and c.lora is None
 
@@ -104,7 +107,7 @@ def test_meta_build_is_wired_like_the_real_model(arch: str) -> None:
     pred = c.unet(latents, torch.tensor(999), encoder_hidden_states=embeds, added_cond_kwargs=added).sample
     assert pred.shape == latents.shape
     for vae in (c.vae, c.full_vae):
-        assert vae.decode(pred).sample.shape == (1, 3, side * 8, side * 8)
+        assert vae.decode(pred.to(vae.dtype)).sample.shape == (1, 3, side * 8, side * 8)
 
 
 @pytest.mark.parametrize("arch", BIG_ARCHS)

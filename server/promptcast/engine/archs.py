@@ -30,7 +30,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from promptcast.config import EngineConfig
-from promptcast.engine.loading import Components, load_components
+from promptcast.engine.loading import Components, load_components, upcast_if_it_overflows
 from promptcast.engine.model_index import EMBEDDED_MODEL
 from promptcast.engine.presets import PRESETS
 
@@ -261,6 +261,7 @@ def build_components(arch: str, device: torch.device, dtype: torch.dtype, seed: 
     for model in models.values():
         if model is not None:
             model.eval().requires_grad_(False)
+    upcast_if_it_overflows(models["full_vae"], dtype)  # as engine/loading.py does
     # SD 2.x and SDXL's second encoder come with OpenCLIP's tokenizer settings, which pad with
     # "!" instead of the end-of-text token (their tokenizer folders say so).
     tokenizer = _tokenizer(pad_token="!") if arch == "sd21" else _tokenizer()
@@ -269,8 +270,6 @@ def build_components(arch: str, device: torch.device, dtype: torch.dtype, seed: 
         arch="sdxl" if sdxl else "sd",
         tokenizer=tokenizer, text_encoder=models["text_encoder"],
         tokenizer_2=_tokenizer(pad_token="!") if sdxl else None, text_encoder_2=models["text_encoder_2"],
-        # As engine/loading.py leaves them when a tiny decoder is in use, the full autoencoder
-        # is in `dtype` too (SDXL's is only upcast where it is the decoder).
         unet=models["unet"], vae=models["vae"], full_vae=models["full_vae"],
         scheduler=spec.scheduler_class(**spec.scheduler),
         # SDXL base's model_index.json sets it: the unconditional prompt is zeros.

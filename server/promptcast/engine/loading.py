@@ -131,11 +131,9 @@ def load_components(
         vae = _load("tiny decoder", preset.tiny_vae, hint, AutoencoderTiny.from_pretrained, dtype=dtype)
 
     pipe.to(device)
-    # SDXL's full VAE produces NaNs in fp16 (its config says force_upcast): whether it decodes
-    # every frame or only the refined ones (--refine-full-vae), and a --vae like it too.
+    # Whether it decodes every frame or only the refined ones (--refine-full-vae); a --vae too.
     for autoencoder in {id(m): m for m in (vae, pipe.vae)}.values():
-        if autoencoder.config.get("force_upcast") and dtype == torch.float16:
-            autoencoder.to(torch.float32)
+        upcast_if_it_overflows(autoencoder, dtype)
     for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae, vae):
         if model is not None:
             model.to(device).eval().requires_grad_(False)  # .to(device) keeps each dtype
@@ -149,6 +147,14 @@ def load_components(
         force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         lora=lora,
     )
+
+
+def upcast_if_it_overflows(vae: Any, dtype: torch.dtype) -> None:
+    """An autoencoder whose config says force_upcast (SDXL's full VAE: it produces NaNs in fp16,
+    black frames) runs in fp32 when the model runs in fp16. The decoder call casts the latents
+    to its dtype."""
+    if vae.config.get("force_upcast") and dtype == torch.float16:
+        vae.to(torch.float32)
 
 
 def _unet_from_checkpoint(source: str, repo: str, filename: str, hint: str, dtype: torch.dtype) -> Any:

@@ -9,7 +9,8 @@
 # It prints one table per run and a summary last; the JSON reports land in $OUT.
 #
 # Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed (and
-# capped by what is left of 540 s) and the most important come first: SD-Turbo, then SDXL
+# capped by what is left of 540 s) and, after a smoke run of seconds that stops the script if a
+# CUDA-only path fails, the most important come first: SD-Turbo, then SDXL
 # compiled whole (the default), each at 1 and 2 steps, batch 1 and 4, with a kernel profile;
 # then SD-Turbo's warm start, SDXL compiled by blocks (the side-by-side of the two scopes),
 # tuning off and max-autotune, as time allows.
@@ -36,7 +37,9 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
   timeout "$limit" python3 -m promptcast bench --random-weights --device cuda --dtype float16 \
     --compile-cache "$cache" --iterations 30 --json "$OUT/$name.json" "$@" 2>&1 \
     | grep -v -e '^Loading' -e 'it/s]' | tee -a "$OUT/log.txt"
-  echo "== $name: exit ${PIPESTATUS[0]} after $SECONDS s in all"
+  local status=${PIPESTATUS[0]}
+  echo "== $name: exit $status after $SECONDS s in all"
+  return "$status"
 }
 # The device budget is 15 minutes a session, start included: one call of at most 9 minutes.
 # A cold compile is most of each step (the last GPU run: about 128 s for SDXL's UNet at one
@@ -45,6 +48,12 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 # keystroke latency and profile, and rewrites its JSON after each (a step cut off by its limit
 # keeps those, marked "(cut off)" in the summary), so the limits are generous and the order is
 # by importance.
+# 0. A smoke run first, seconds long: the embedded model, eager, on the GPU, through every
+#    CUDA-only path the compiled runs take after their minutes of compiling (pinned copies,
+#    nvJPEG, I420 on the device, CUDA events, the sync count, img2img). CI has no GPU, so these
+#    paths are new here: if it fails, stop, and spend what is left of the budget on the fix.
+bench smoke 60 --arch tiny --resolution 128 --steps 1,2 --batch 1,2 --compile eager --no-stock \
+  || { echo "== the smoke run failed: stopping before the compiled runs"; exit 1; }
 # The first two time 1 and 2 steps on the same compiled buckets (one serves every step count).
 # 1. SD-Turbo (SD 2.1) 512 px, batch 1 and 4, CUDA graphs, default tuning (cuDNN benchmark,
 #    1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine, against stock

@@ -9,7 +9,7 @@
 # It prints one table per run and a summary last; the JSON reports land in $OUT.
 #
 # Each run compiles cold (a fresh machine has no compile cache), so each is time-boxed (and
-# capped by what is left of 540 s) and, after a smoke run of seconds that stops the script if a
+# capped by what is left of 540 s) and, after smoke runs of seconds that stop the script if a
 # CUDA-only path fails, the most important come first: SD-Turbo, then SDXL
 # compiled whole (the default), each at 1 and 2 steps, batch 1 and 4, with a kernel profile;
 # then SD-Turbo's warm start, SDXL compiled by blocks (the side-by-side of the two scopes),
@@ -48,12 +48,18 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 # keystroke latency and profile, and rewrites its JSON after each (a step cut off by its limit
 # keeps those, marked "(cut off)" in the summary), so the limits are generous and the order is
 # by importance.
-# 0. A smoke run first, seconds long: the embedded model, eager, on the GPU, through every
-#    CUDA-only path the compiled runs take after their minutes of compiling (pinned copies,
-#    nvJPEG, I420 on the device, CUDA events, the sync count, img2img). CI has no GPU, so these
-#    paths are new here: if it fails, stop, and spend what is left of the budget on the fix.
-bench smoke 60 --arch tiny --resolution 128 --steps 1,2 --batch 1,2 --compile eager --no-stock \
-  || { echo "== the smoke run failed: stopping before the compiled runs"; exit 1; }
+# 0. Smoke runs first, seconds long: SD-Turbo's and SDXL-Turbo's architectures at 256 px,
+#    eager, on the GPU, through every CUDA-only path the compiled runs take after their minutes
+#    of compiling (pinned copies, their samplers' noise, nvJPEG, I420 on the device, CUDA
+#    events, the sync count, img2img, the kernel profile). CI has no GPU, so these paths are new
+#    here: if one fails, stop, and spend what is left of the budget on the fix.
+smoke() {  # name, then bench arguments
+  local name=$1; shift
+  bench "$name" 60 --resolution 256 --steps 1,2 --batch 1,2 --compile eager --no-stock \
+    --iterations 5 "$@" || { echo "== $name failed: stopping before the compiled runs"; exit 1; }
+}
+smoke smoke-sd21 --arch sd21 --profile "$OUT/profile-smoke.md"
+smoke smoke-sdxl --arch sdxl
 # The first two time 1 and 2 steps on the same compiled buckets (one serves every step count).
 # 1. SD-Turbo (SD 2.1) 512 px, batch 1 and 4, CUDA graphs, default tuning (cuDNN benchmark,
 #    1x1 convolutions as matmuls), text encoder captured, nvJPEG in the engine, against stock

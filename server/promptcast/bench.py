@@ -312,6 +312,10 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     )
     print(benchmark.table(result))
     write(result)
+    if any(b.jpeg_shows_its_frame is False for b in result.batches):
+        print("promptcast bench: error: the engine's JPEGs do not show the frames they were "
+              "encoded from", file=sys.stderr)
+        return 3
     return 0
 
 

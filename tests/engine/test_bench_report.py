@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+
 from promptcast.engine import benchmark
+from promptcast.engine.pipeline import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,10 +38,7 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     assert all(b.keystroke_ms is b.img2img_ms is None for b in batched)
     assert all(b.host_syncs is None for b in result.batches)  # counted on CUDA only
     assert all(b.video_cpu_ms > 0 and b.video_device_ms > 0 for b in result.batches)
-    # The second step runs the UNet twice: the denoise stage is per batch, UNet ms per step.
-    for one_step, two_steps in ((alone[0], alone[1]), (batched[0], batched[1])):
-        assert two_steps.unet_step_ms == two_steps.stages_ms["denoise_ms"] / 2
-        assert one_step.unet_step_ms == one_step.stages_ms["denoise_ms"]
+    assert all(b.jpeg_shows_its_frame is None for b in result.batches)  # the CPU worker encodes
 
     cut = tmp_path / "sdxl-whole.json"
     # A run where a call fell back (FastCall) says so beside its mode.
@@ -60,3 +61,18 @@ def test_a_step_count_the_preset_does_not_take_is_refused_before_building() -> N
     run = subprocess.run([sys.executable, "-m", "promptcast", "bench", "--arch", "sdxl",
                           "--random-weights", "--steps", "1,8"], capture_output=True, text=True)
     assert run.returncode == 2 and "not [8]" in run.stderr
+
+
+def test_the_bench_tells_when_the_engines_jpeg_shows_another_frame(
+    device_jpeg_engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eng = device_jpeg_engine
+    assert benchmark.jpeg_shows_its_frame(eng, 2, 64) is True
+    # An encoder that reads the frame buffer before the device has written the new frame
+    # encodes the frame before it: made so here by encoding the previous decode's output.
+    decoded: list[torch.Tensor] = []
+    real_decode, real_jpeg = eng._decode, eng._jpeg
+    assert real_jpeg is not None
+    monkeypatch.setattr(eng, "_decode", lambda *a: decoded.append(real_decode(*a)) or decoded[-1])
+    monkeypatch.setattr(eng, "_jpeg", lambda frames: real_jpeg(decoded[-2][: len(frames)]))
+    assert benchmark.jpeg_shows_its_frame(eng, 2, 64) is False

@@ -20,6 +20,7 @@ channels_last) changes them in place.
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import time
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
@@ -82,6 +84,10 @@ class BatchResult:
     # video track (its I420 planes, from the engine where it converts). None on a CPU.
     host_syncs: int | None = None
     host_syncs_video: int | None = None
+    # Whether the engine's JPEG of a frame shows that frame, not the one rendered before it
+    # (what an encoder reading the frame before the device has finished it would show). None
+    # where the engine does not encode.
+    jpeg_shows_its_frame: bool | None = None
 
     def speed_up(self) -> float | None:
         return None if self.stock_ms is None else self.stock_ms / self.frame_ms
@@ -248,6 +254,22 @@ def _time_alone(engine: Engine, row: BatchResult, size: int, device: torch.devic
     req = RenderRequest("a photo of a cat", 0, row.steps, size, size)
     row.host_syncs = count_host_syncs(lambda: engine.render(req, jpeg=True), device)
     row.host_syncs_video = count_host_syncs(lambda: engine.render(req, video=True), device)
+    row.jpeg_shows_its_frame = jpeg_shows_its_frame(engine, row.steps, size)
+
+
+def jpeg_shows_its_frame(engine: Engine, steps: int, size: int) -> bool | None:
+    """Whether the JPEG the engine encodes of a frame is closer to that frame's pixels than to
+    the frame rendered just before it. None where the engine does not encode JPEGs."""
+    if not engine.encodes_jpeg:
+        return None
+    before = engine.render(RenderRequest("a red fox in the snow", 11, steps, size, size))
+    frame = engine.render(RenderRequest("a lighthouse at night", 12, steps, size, size), jpeg=True)
+    if frame.jpeg is None or np.array_equal(before.pixels, frame.pixels):
+        return frame.jpeg is not None  # two equal frames cannot tell; no JPEG is a failure
+    shown = np.asarray(Image.open(io.BytesIO(frame.jpeg)).convert("RGB"), dtype=np.float32)
+    own = float(np.abs(shown - frame.pixels).mean())
+    other = float(np.abs(shown - before.pixels).mean())
+    return own < other
 
 
 def _time_img2img(engine: Engine, steps: int, size: int, device: torch.device,
@@ -367,6 +389,8 @@ def table(r: BenchResult) -> str:
         if b.img2img_ms is not None:
             lines.append(f"  img2img, a new init image each frame (decoded beside the engine): "
                          f"{b.img2img_ms:.2f} ms/frame")
+        if b.jpeg_shows_its_frame is False:
+            lines.append("  JPEG MISMATCH: the engine's JPEG of a frame does not show that frame")
         if b.host_syncs is not None:
             lines.append(f"  host syncs in a frame (reading it back is one): {b.host_syncs} as a "
                          f"JPEG, {b.host_syncs_video} for a video track")

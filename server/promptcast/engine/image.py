@@ -53,8 +53,12 @@ def _nvjpeg(device: torch.device, quality: int) -> FrameEncoder | str:
         return f"torchvision cannot be used: {_first_line(exc)}"
 
     def encode(frames: torch.Tensor) -> list[bytes]:
+        # torchvision encodes on a stream of its own that does not wait for ours: the frames
+        # must be finished (decoded, or copied out of a graph's output) before it starts.
+        if frames.device.type == "cuda":
+            torch.cuda.current_stream(frames.device).synchronize()
         # A list of CUDA tensors is one batched call (torchvision's docs). Its JPEGs stay on the
-        # device; they come back in one copy, one wait for the batch instead of one per frame.
+        # device; they come back in one copy for the batch instead of one per frame.
         encoded = tv_encode_jpeg(list(frames), quality=quality)
         data = to_host(torch.cat(encoded))[0].tobytes()
         ends = np.cumsum([t.numel() for t in encoded]).tolist()

@@ -69,7 +69,14 @@ class FakeStream:
         pass
 
 
-def test_a_failed_capture_gives_the_caller_its_stream_back(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("inside", "raised"), [
+    (RuntimeError("operation not permitted when stream is capturing"), CaptureFailed),
+    # Out of memory is not the function's fault: raised as it is, for Engine.recover.
+    (torch.OutOfMemoryError("CUDA out of memory"), torch.OutOfMemoryError),
+])
+def test_a_failed_capture_gives_the_caller_its_stream_back(
+    monkeypatch: pytest.MonkeyPatch, inside: RuntimeError, raised: type[Exception],
+) -> None:
     # torch.cuda.graph makes its capture stream current on entering; when the capture failed,
     # ending it raises before it leaves that stream (torch/cuda/graphs.py). CapturedCall is
     # driven here with stand-ins for torch.cuda that behave so.
@@ -92,11 +99,11 @@ def test_a_failed_capture_gives_the_caller_its_stream_back(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
     monkeypatch.setattr(torch.cuda, "graph", FailingCapture)
 
-    def syncs_while_capturing(x: torch.Tensor) -> torch.Tensor:
+    def fails_while_capturing(x: torch.Tensor) -> torch.Tensor:
         if current[0].name == "capture":
-            raise RuntimeError("operation not permitted when stream is capturing")
+            raise inside
         return x + 1
 
-    with pytest.raises(CaptureFailed, match=r"^operation not permitted when stream is capturing$"):
-        fast.CapturedCall(syncs_while_capturing, (torch.zeros(2),), pool=None)
+    with pytest.raises(raised, match=f"^{inside}$"):
+        fast.CapturedCall(fails_while_capturing, (torch.zeros(2),), pool=None)
     assert current[0].name == "caller"

@@ -146,11 +146,14 @@ class CapturedCall(Generic[Out]):
             # When the capture fails, ending it raises before torch.cuda.graph leaves its capture
             # stream: put the caller's stream back, or all later work would run on that one.
             torch.cuda.set_stream(caller)
+            # fn ran twice above: what failed is the capture. Ending it then fails too, with a
+            # generic error; the first one says what in fn went wrong.
+            first = exc.__context__ if isinstance(exc.__context__, RuntimeError) else exc
+            # Out of memory is not the capture's fault: raised as it is (Engine.recover frees).
             if isinstance(exc, torch.OutOfMemoryError) or not isinstance(exc, RuntimeError):
                 raise
-            # fn ran twice above: what failed is the capture. Ending it then fails too, with a
-            # generic error; the first one says what in fn cannot be captured.
-            first = exc.__context__ if isinstance(exc.__context__, RuntimeError) else exc
+            if isinstance(first, torch.OutOfMemoryError):
+                raise first from exc
             raise CaptureFailed(_first_line(first)) from exc
 
     def __call__(self, args: Tensors) -> Out:

@@ -38,7 +38,8 @@ _OFFSET = (16.0, 128.0, 128.0)
 def _coefficients(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The matrix (3, 3) and offsets (3,) on `device`, copied there once: a copy from the host
     on every frame would wait for the device's queued work (the decode) each time."""
-    return torch.tensor(_MATRIX, device=device), torch.tensor(_OFFSET, device=device)
+    return (torch.tensor(_MATRIX, dtype=torch.float32, device=device),
+            torch.tensor(_OFFSET, dtype=torch.float32, device=device))
 
 
 def video_frame(pixels: np.ndarray, yuv: np.ndarray | None) -> VideoFrame:

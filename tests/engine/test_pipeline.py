@@ -128,21 +128,6 @@ def test_a_user_model_folder_loads_the_same_way(tmp_path: Path) -> None:
     assert out.pixels.shape == (64, 64, 3)
 
 
-def test_a_vae_that_overflows_in_fp16_is_kept_in_fp32_even_beside_a_tiny_decoder(
-    tmp_path: Path,
-) -> None:
-    # SDXL's full VAE says force_upcast (it overflows in fp16 and decodes black). It decodes the
-    # refined frames (--refine-full-vae) beside the tiny decoder, so it is upcast there too.
-    folder = save_tiny_sd_folder(tmp_path / "my-sd-model")
-    assert AutoencoderKL.load_config(folder / "vae")["force_upcast"]
-    eng = Engine(EngineConfig(model=str(folder), vae=str(EMBEDDED_MODEL / "vae"), dtype="float16",
-                              cpu_threads=1))
-    eng.load()
-    assert isinstance(eng.c.vae, AutoencoderTiny) and eng.c.vae.dtype == torch.float16
-    assert isinstance(eng.c.full_vae, AutoencoderKL) and eng.c.full_vae.dtype == torch.float32
-    assert eng.c.unet.dtype == torch.float16
-
-
 def test_configured_sizes_must_suit_the_unet(tmp_path: Path) -> None:
     eng = Engine(EngineConfig(sizes=((72, 72),), size=(72, 72)))
     with pytest.raises(ModelLoadError, match="multiples of 16"):

@@ -138,6 +138,25 @@ def test_full_vae_and_vae_override(load: Any, hub_cache: Path) -> None:
     assert eng.model_info()["decoder"] == "AutoencoderTiny"
 
 
+def test_sdxls_full_vae_is_kept_in_fp32_in_fp16_even_beside_the_tiny_decoder(
+    hub_cache: Path, tmp_path: Path,
+) -> None:
+    # SDXL's VAE overflows in fp16 and decodes black; its config says force_upcast, and the
+    # stock SDXL pipelines decode in fp32. It also decodes refined frames (--refine-full-vae)
+    # beside the tiny decoder, so it is upcast there too. SD's VAEs are fine in fp16.
+    sdxl = DiffusionPipeline.from_pretrained(hub.SDXL_TURBO)
+    sdxl.vae.register_to_config(force_upcast=True)  # as the real SDXL's says
+    sdxl.save_pretrained(tmp_path / "my-sdxl")
+    eng = Engine(EngineConfig(model=str(tmp_path / "my-sdxl"), vae=hub.TAESDXL, dtype="float16"))
+    eng.load()
+    assert isinstance(eng.c.vae, AutoencoderTiny) and eng.c.vae.dtype == torch.float16
+    assert isinstance(eng.c.full_vae, AutoencoderKL) and eng.c.full_vae.dtype == torch.float32
+    assert eng.c.unet.dtype == torch.float16
+    sd = Engine(EngineConfig(preset="sd-turbo", dtype="float16"))
+    sd.load()
+    assert sd.c.full_vae.config.force_upcast and sd.c.full_vae.dtype == torch.float16
+
+
 def test_native_sizes_come_from_the_model(load: Any) -> None:
     # The tiny fixtures have sample_size 8: 64 px, as 64 gives SD-Turbo's 512 px.
     assert load("sd-turbo").limits.default_size == (64, 64)

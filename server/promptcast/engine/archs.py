@@ -261,7 +261,7 @@ def build_components(arch: str, device: torch.device, dtype: torch.dtype, seed: 
     for model in models.values():
         if model is not None:
             model.eval().requires_grad_(False)
-    upcast_if_it_overflows(models["full_vae"], dtype)  # as engine/loading.py does
+    upcast_if_it_overflows(models["full_vae"], dtype, sdxl)  # as engine/loading.py does
     # SD 2.x and SDXL's second encoder come with OpenCLIP's tokenizer settings, which pad with
     # "!" instead of the end-of-text token (their tokenizer folders say so).
     tokenizer = _tokenizer(pad_token="!") if arch == "sd21" else _tokenizer()

@@ -133,7 +133,7 @@ def load_components(
     pipe.to(device)
     # Whether it decodes every frame or only the refined ones (--refine-full-vae); a --vae too.
     for autoencoder in {id(m): m for m in (vae, pipe.vae)}.values():
-        upcast_if_it_overflows(autoencoder, dtype)
+        upcast_if_it_overflows(autoencoder, dtype, sdxl)
     for model in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae, vae):
         if model is not None:
             model.to(device).eval().requires_grad_(False)  # .to(device) keeps each dtype
@@ -149,11 +149,12 @@ def load_components(
     )
 
 
-def upcast_if_it_overflows(vae: Any, dtype: torch.dtype) -> None:
-    """An autoencoder whose config says force_upcast (SDXL's full VAE: it produces NaNs in fp16,
-    black frames) runs in fp32 when the model runs in fp16. The decoder call casts the latents
-    to its dtype."""
-    if vae.config.get("force_upcast") and dtype == torch.float16:
+def upcast_if_it_overflows(vae: Any, dtype: torch.dtype, sdxl: bool) -> None:
+    """SDXL's full VAE produces NaNs in fp16 (black frames): as diffusers' SDXL pipelines do, an
+    SDXL model's autoencoder whose config says force_upcast runs in fp32 when the model runs in
+    fp16. (Its SD pipelines ignore the flag, which diffusers sets by default: SD's VAEs are fine
+    in fp16.) The decoder call casts the latents to its dtype."""
+    if sdxl and vae.config.get("force_upcast") and dtype == torch.float16:
         vae.to(torch.float32)
 
 

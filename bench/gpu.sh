@@ -13,7 +13,8 @@
 # CUDA-only path fails, the most important come first: SD-Turbo, then SDXL
 # compiled whole (the default), each at 1 and 2 steps, batch 1 and 4, with a kernel profile;
 # then SD-Turbo's warm start, SDXL compiled by blocks (the side-by-side of the two scopes),
-# tuning off and max-autotune, as time allows.
+# tuning off and max-autotune. Their limits add up to more than 540 s: the later runs get
+# time only where the ones before finish early, which, with cold compiles, is seldom.
 set -uo pipefail
 OUT=${OUT:-/tmp/promptcast-gpu}
 mkdir -p "$OUT"
@@ -54,9 +55,13 @@ bench() {  # name, seconds allowed (capped by what is left of the call), then be
 #    events, the sync count, img2img, the kernel profile). CI has no GPU, so these paths are new
 #    here: if one fails, stop, and spend what is left of the budget on the fix.
 smoke() {  # name, then bench arguments
-  local name=$1; shift
-  bench "$name" 60 --resolution 256 --steps 1,2 --batch 1,2 --compile eager --no-stock \
-    --iterations 5 "$@" || { echo "== $name failed: stopping before the compiled runs"; exit 1; }
+  local name=$1 status; shift
+  bench "$name" 90 --resolution 256 --steps 1,2 --batch 1,2 --compile eager --no-stock \
+    --iterations 5 "$@"
+  status=$?
+  if [ "$status" -eq 124 ]; then echo "== $name ran out of time (slow, not failed): going on"
+  elif [ "$status" -ne 0 ]; then echo "== $name failed: stopping before the compiled runs"; exit 1
+  fi
 }
 smoke smoke-sd21 --arch sd21 --profile "$OUT/profile-smoke.md"
 smoke smoke-sdxl --arch sdxl
@@ -86,4 +91,6 @@ bench sd21-off 120 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cu
 bench sd21-max 300 --arch sd21 --resolution 512 --steps 1 --batch 1 --compile cuda-graphs \
   --compile-tuning max --no-stock
 cat "$OUT"/profile-*.md 2>/dev/null | head -80
-python3 bench/gpu_summary.py "$OUT"/*.json | tee "$OUT/summary.md"
+# The smoke runs (eager, 256 px) stay out of the table; their JSON is in $OUT.
+find "$OUT" -name '*.json' ! -name 'smoke-*' | sort | xargs python3 bench/gpu_summary.py \
+  | tee "$OUT/summary.md"

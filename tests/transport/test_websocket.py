@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from promptcast.engine import image as image_module
 from promptcast.engine.pipeline import Engine, Rendered
+from promptcast.engine.prompt_cache import LRUCache
 
 from ..conftest import Server, connect, frames_until, http_get, recv_json, run_server
 
@@ -503,6 +504,8 @@ async def test_readyz_says_how_far_the_warm_up_has_got(engine: Engine) -> None:
     slow = SlowWarmUpEngine(engine.config)
     slow.__dict__.update(engine.__dict__)  # share the loaded model
     slow.warming, slow.holding, slow.release = None, threading.Event(), threading.Event()
+    # Its own prompt cache: warming up clears it, and other tests count the shared one's hits.
+    slow.prompt_cache = LRUCache(engine.config.prompt_cache_size)
     async with run_server(slow, wait_ready=False) as srv:
         assert await asyncio.to_thread(slow.holding.wait, 20)
         status, body = await http_get(srv.http_url + "/readyz")

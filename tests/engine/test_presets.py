@@ -333,12 +333,23 @@ def test_img2img_matches_the_stock_img2img_pipeline(
     assert not torch.allclose(ours[1], txt2img[1])
 
 
-def test_refined_frames_can_decode_with_the_full_vae(load: Any) -> None:
+def test_refined_frames_can_decode_with_the_full_vae(
+    load: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     eng = load("sd-turbo")
     assert isinstance(eng.c.vae, AutoencoderTiny) and isinstance(eng.c.full_vae, AutoencoderKL)
     tiny = eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64)).pixels
     full = eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64, full_vae=True)).pixels
     assert tiny.shape == full.shape and not np.array_equal(tiny, full)
+    # The full decoder runs eager, never warmed: not with cuDNN timing its convolutions then.
+    seen: list[bool] = []
+    decoder = eng._full_decoder
+    monkeypatch.setattr(eng, "_full_decoder",
+                        lambda latents: seen.append(torch.backends.cudnn.benchmark) or decoder(latents))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as --compile-tuning sets it
+    eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64, full_vae=True))
+    eng.render(RenderRequest(PROMPT, SEED, 1, 64, 64))
+    assert seen == [False] and torch.backends.cudnn.benchmark
     # Lightning's steps are fixed by its checkpoint: a refine can only change the decoder.
     assert load("sdxl-lightning").refine_steps(None) == 2
 

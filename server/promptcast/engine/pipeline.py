@@ -633,4 +633,15 @@ class Engine:
 
     def _decode(self, latents: torch.Tensor, full: bool) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) uint8 frames, still on the device."""
-        return (self._full_decoder if full else self._decoder)(latents)
+        if not full or self._full_decoder is self._decoder:
+            return self._decoder(latents)
+        # The full decoder of refined frames (--refine-full-vae) runs eager, at any batch size,
+        # never warmed up: with cuDNN's benchmark mode on (--compile-tuning), its first call at
+        # each shape would time every convolution algorithm of every layer on the hot path,
+        # with all sessions waiting. cuDNN's heuristic choice instead.
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            return self._full_decoder(latents)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark

@@ -152,14 +152,14 @@ class PromptEncoder:
                 ids.append(to_device(padded_ids(tokenizer, padded), self._device))
                 continue
             if id(source) not in unpadded:
-                unpadded[id(source)] = source(padded).input_ids
+                unpadded[id(source)] = unpadded_ids(source, padded)
             fitted = [fit(tokens, tokenizer) for tokens in unpadded[id(source)]]
             ids.append(to_device(torch.tensor(fitted), self._device))
         # (One this torch cannot compile, another transformers version say, runs eager: FastCall
         # falls back at the bucket's first call, at warm-up.)
         embeds, pooled = self._call(*ids)  # (rows, 77, D), (rows, P) | None
         # Counted without truncation, to tell the client what was cut.
-        counted = unpadded.get(id(self._c.tokenizer)) or self._c.tokenizer(texts).input_ids
+        counted = unpadded.get(id(self._c.tokenizer)) or unpadded_ids(self._c.tokenizer, texts)
         lengths = [len(tokens) for tokens in counted]
         # Row copies: a captured call's outputs are overwritten by its next replay, and a cached
         # row must not keep the whole batch alive.
@@ -177,6 +177,15 @@ def padded_ids(tokenizer: Any, texts: list[str]) -> torch.Tensor:
         texts, padding="max_length", max_length=tokenizer.model_max_length,
         truncation=True, return_tensors="pt",
     ).input_ids
+    return ids
+
+
+def unpadded_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, BOS and EOS included, neither cut nor padded. Quietly: unasked,
+    transformers warns of a prompt longer than the encoder's 77 tokens that running it "will
+    result in indexing errors", which `fit` makes untrue (it cuts as the encoder's own call
+    does); the server would log that at every start (PROBES has such a prompt)."""
+    ids: list[list[int]] = tokenizer(texts, verbose=False).input_ids
     return ids
 
 
@@ -199,6 +208,6 @@ def fits_from_unpadded(tokenizer: Any, source: Any) -> bool:
     the same vocabulary and splitting, and cutting and padding as `fit` does it."""
     if tokenizer is not source and tokenizer.get_vocab() != source.get_vocab():
         return False
-    unpadded = source(PROBES).input_ids
+    unpadded = unpadded_ids(source, PROBES)
     fitted = torch.tensor([fit(tokens, tokenizer) for tokens in unpadded])
     return torch.equal(fitted, padded_ids(tokenizer, PROBES))

@@ -14,7 +14,8 @@ def _ms(value: float | None, digits: int = 2) -> str:
 def main(paths: list[str]) -> None:
     print("| run | arch | px | steps | mode/tuning/scope | batch | ms/batch | frames/s | UNet ms/step "
           "| decode ms | JPEG ms (CPU / nvJPEG) | I420 ms (CPU / device) | keystroke ms (text) "
-          "| img2img ms | syncs/frame (JPEG / video) | warm-up s | stock ms | speed-up |")
+          "| img2img ms | syncs/frame (JPEG / video) | warm-up s (tracing / inductor) | stock ms "
+          "| speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         r = json.loads(Path(path).read_text())
@@ -22,6 +23,9 @@ def main(paths: list[str]) -> None:
         if r["fallbacks"]:  # calls that ran in a lesser mode: the figures are not mode's
             mode += f" (fallback: {', '.join(r['fallbacks'])})"
         name = Path(path).stem + ("" if r["complete"] else " (cut off)")
+        warm_up = f"{r['warm_up_s']:.1f}"
+        if r.get("compile_s") and r.get("compile_backend_s") is not None:
+            warm_up += f" ({r['compile_s'] - r['compile_backend_s']:.1f} / {r['compile_backend_s']:.1f})"
         for b in r["batches"]:
             keystroke = ("-" if b["keystroke_ms"] is None
                          else f"{b['keystroke_ms']:.2f} ({b['text_miss_ms']:.2f})")
@@ -33,7 +37,7 @@ def main(paths: list[str]) -> None:
                   f"| {b['encode_ms']:.2f} / {_ms(b['engine_encode_ms'])} "
                   f"| {b['video_cpu_ms']:.2f} / {b['video_device_ms']:.3f} | {keystroke} "
                   f"| {_ms(b['img2img_ms'])} | {syncs} "
-                  f"| {r['warm_up_s']:.1f} | {_ms(b['stock_ms'])} "
+                  f"| {warm_up} | {_ms(b['stock_ms'])} "
                   f"| {speed_up} |")
 
 

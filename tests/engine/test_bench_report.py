@@ -44,7 +44,10 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     # A run where a call fell back (FastCall) says so beside its mode.
     cut.write_text(json.dumps({**snapshots[1], "fallbacks": {"unet step": "could not be captured"}}))
     done = tmp_path / "sd21-fast.json"
-    done.write_text(benchmark.to_json(result))
+    # Eager: nothing compiled, so no split of the warm-up; a compiled run's is shown beside it.
+    assert result.compile_s == 0.0
+    done.write_text(json.dumps({**json.loads(benchmark.to_json(result)),
+                                "compile_s": 12.5, "compile_backend_s": 8.0}))
     table = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_summary.py"), str(cut), str(done)],
                            capture_output=True, text=True, check=True).stdout
     assert "| sdxl-whole (cut off) | tiny | 64 | 1 |" in table
@@ -52,6 +55,7 @@ def test_progress_reports_each_measurement_and_the_last_is_complete(tmp_path: Pa
     rows = [line for line in table.splitlines() if line.startswith("| sd21-fast |")]
     assert [row.split(" | ")[3:6:2] for row in rows] == [["1", "1"], ["2", "1"], ["1", "2"], ["2", "2"]]
     assert f"| {result.batches[1].img2img_ms:.2f} |" in rows[1]  # each step count's img2img
+    assert all(f"| {result.warm_up_s:.1f} (4.5 / 8.0) |" in row for row in rows)
 
 
 def test_a_step_count_the_preset_does_not_take_is_refused_before_building() -> None:

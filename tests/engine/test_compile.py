@@ -118,6 +118,8 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     report = json.loads(out.read_text())
     assert (report["arch"], report["mode"], report["resolution"]) == ("tiny", "compile", SIZE)
     assert (report["tuning"], report["jpeg_encoder"]) == ("fast", "cpu")
+    # What the warm-up spent compiling (dynamo traces even from a warm cache), and on what.
+    assert 0 < report["compile_backend_s"] < report["compile_s"] < report["warm_up_s"]
     # The profile of the compiled frames. (On a CPU the profiler sees the operators inductor
     # calls out to, such as the convolutions, but not its own generated C++ kernels.)
     profile = kernels.read_text()
@@ -132,6 +134,7 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
         assert b["keystroke_ms"] > b["text_miss_ms"] > 0
     printed = capsys.readouterr().out
     assert "| batch | steps | ms/batch | frames/s |" in printed
+    assert "(torch.compile " in printed and ": tracing and guards " in printed
     assert printed.count("stock diffusers pipeline") == 2
 
 

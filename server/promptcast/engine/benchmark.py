@@ -37,6 +37,7 @@ from PIL import Image
 from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
 from promptcast.engine.archs import build_components, stock_pipeline
+from promptcast.engine.compile import compile_seconds
 from promptcast.engine.image import encode_jpeg
 from promptcast.engine.kernel_profile import profile_frames
 from promptcast.engine.pipeline import Engine, resolve_device, resolve_dtype
@@ -104,6 +105,11 @@ class BenchResult:
     steps: list[int]  # the step counts timed, each on every batch size
     load_s: float  # building the random-weight models on the device, and the engine's set-up
     warm_up_s: float
+    # Of warm_up_s, torch.compile's time (compile.compile_seconds), and of that its backend's
+    # (AOT autograd and inductor); None where torch does not tell. The rest of warm_up_s is
+    # capture and first calls.
+    compile_s: float | None = None
+    compile_backend_s: float | None = None
     tuning: str = "fast"  # --compile-tuning; eager runs have none
     scope: str = "whole"  # --compile-scope
     jpeg_encoder: str = "cpu"  # where frames became JPEGs: "cpu" (worker thread), or the engine's
@@ -216,8 +222,13 @@ def run(arch: str, device_name: str, dtype_name: str, resolution: int, steps: Se
     # everything measured on it (the targets are batch-1 figures): a run cut short by its time
     # limit (bench/gpu.sh's) keeps what it measured, its cold start included.
     for b in config.batch_sizes:
+        before = compile_seconds()
         engine.warm_up((b,))
         result.warm_up_s += engine.warm_up_seconds
+        after = compile_seconds()
+        if before is not None and after is not None:
+            result.compile_s = (result.compile_s or 0.0) + after[0] - before[0]
+            result.compile_backend_s = (result.compile_backend_s or 0.0) + after[1] - before[1]
         result.fallbacks = engine.compile_fallbacks()
         report(result)
         if b not in batches:
@@ -355,11 +366,20 @@ def _time_batch(engine: Engine, reqs: list[RenderRequest], device: torch.device,
     )
 
 
+def _warm_up_split(r: BenchResult) -> str:
+    if not r.compile_s or r.compile_backend_s is None:
+        return ""
+    return (f" (torch.compile {r.compile_s:.1f} s: tracing and guards "
+            f"{r.compile_s - r.compile_backend_s:.1f} s, AOT autograd and inductor "
+            f"{r.compile_backend_s:.1f} s; capture and first calls "
+            f"{max(0.0, r.warm_up_s - r.compile_s):.1f} s)")
+
+
 def table(r: BenchResult) -> str:
     lines = [
         f"{r.arch} ({r.preset}) {r.resolution}x{r.resolution}, {r.device}, {r.dtype}, mode "
         f"{r.mode}, tuning {r.tuning}, scope {r.scope}: load {r.load_s:.1f} s, warm-up "
-        f"(compile/capture) {r.warm_up_s:.1f} s",
+        f"(compile/capture) {r.warm_up_s:.1f} s{_warm_up_split(r)}",
         "| batch | steps | ms/batch | frames/s | text ms | UNet ms/step | decode ms | JPEG ms/frame |",
         "|---|---|---|---|---|---|---|---|",
     ]

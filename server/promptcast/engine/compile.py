@@ -118,6 +118,19 @@ def optimise_layout(modules: list[Any], device: torch.device, tuning: str) -> No
         torch.backends.cudnn.benchmark = True
 
 
+def compile_seconds() -> tuple[float, float] | None:
+    """(Seconds torch.compile has spent in this process so far, of which its backend's: AOT
+    autograd and inductor, cache loads and kernel builds included; the rest is dynamo tracing
+    the Python and building guards, which a warm compile cache does not save). From torch's
+    own compile-time table, which is private: None where this torch has not got it. The
+    benchmark reports it, to tell what a cold and a warm start spend their time on."""
+    metrics = getattr(torch._dynamo.utils, "compilation_time_metrics", None)
+    if not isinstance(metrics, dict):
+        return None
+    return (sum(metrics.get("_compile.compile_inner", ())),
+            sum(metrics.get("OutputGraph.call_user_compiler", ())))
+
+
 class CaptureFailed(RuntimeError):
     """CUDA-graph capture of a function that runs uncaptured (something in it syncs with the
     host, or is not allowed while a stream captures)."""

@@ -127,3 +127,16 @@ def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_client_text("[" * 100_000 + "]" * 100_000, roomy)
     assert info.value.code == ErrorCode.BAD_JSON
+
+
+def test_half_of_a_surrogate_pair_is_this_clients_error() -> None:
+    # "\ud83d" alone is valid JSON but not text (a client that slices a string through an
+    # emoji sends it); the tokenizer raised on it inside the engine, failing the whole batch.
+    err = error_of('{"type": "prompt", "seq": 7, "text": "a cat \\ud83d"}')
+    assert (err.code, err.seq) == (ErrorCode.BAD_TYPE, 7)
+    assert "'text'" not in err.message and '"text"' in err.message and "surrogate" in err.message
+    assert error_of('{"type": "webrtc_offer", "sdp": "v=0\\udfa8"}').code == ErrorCode.BAD_TYPE
+    assert error_of('{"type": "prompt", "seq": "x", "text": "\\ud83d"}').seq is None
+    # A whole pair is one character, and fine.
+    assert parse_client_text('{"type": "prompt", "seq": 1, "text": "a cat \\ud83c\\udfa8"}',
+                             LIMITS).text == "a cat \U0001f3a8"

@@ -125,6 +125,7 @@ BAD_INPUTS = [
     ('{"type": "prompt", "seq": 1}', "missing_field", 1),
     ('{"type": "prompt", "seq": "one", "text": "a"}', "bad_type", None),
     ('{"type": "prompt", "seq": 1, "text": ["a"]}', "bad_type", 1),
+    ('{"type": "prompt", "seq": 1, "text": "half an emoji \\ud83d"}', "bad_type", 1),
     ('{"type": "prompt", "seq": 1, "text": "a", "steps": 1000}', "out_of_range", 1),
     ('{"type": "prompt", "seq": 1, "text": "a", "width": 100, "height": 100}', "out_of_range", 1),
     ('{"type": "prompt", "seq": 1, "text": "a", "seed": -1}', "out_of_range", 1),

@@ -97,6 +97,14 @@ def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
         raise ProtocolError(ErrorCode.BAD_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, "message must be a JSON object")
+    if (field := _lone_surrogate_field(obj)) is not None:
+        seq = obj.get("seq")
+        raise ProtocolError(
+            ErrorCode.BAD_TYPE,
+            f"field {_short(field)} is not valid text: it holds half of a UTF-16 surrogate pair "
+            "(an emoji cut in two?)",
+            seq if type(seq) is int and 0 <= seq <= SEQ_MAX else None,
+        )
     kind = obj.get("type")
     if kind is None:
         raise ProtocolError(ErrorCode.MISSING_FIELD, "field 'type' is required")
@@ -116,6 +124,20 @@ def parse_client_text(raw: str, limits: Limits) -> ClientMessage:
         ErrorCode.UNKNOWN_TYPE,
         f"unknown message type {_short(kind)}; expected 'prompt', 'image' or 'webrtc_offer'",
     )
+
+
+def _lone_surrogate_field(obj: Mapping[str, Any]) -> str | None:
+    """The first field whose string holds a lone UTF-16 surrogate: valid JSON ("\\ud83d", what a
+    client sends when it slices a string through an emoji) but not text. Caught here, it is
+    this client's error; let through, the prompt's tokenizer raised on it in the engine, which
+    failed the whole batch it was in, every other session's job too."""
+    for key, value in obj.items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return str(key)
+    return None
 
 
 def _parse_image(obj: Mapping[str, Any]) -> ImageMessage:

@@ -16,6 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.image import decode_image
 from promptcast.engine.pipeline import Engine
 from promptcast.transport import webrtc
 from promptcast.transport.webrtc import MIN_PTS_GAP, LatestFrameTrack
@@ -62,6 +63,19 @@ async def test_frames_at_the_same_instant_get_pts_far_enough_apart(monkeypatch: 
     assert [m["pts"] for m in sent] == [0, MIN_PTS_GAP, 2 * MIN_PTS_GAP]
 
 
+async def test_a_first_frame_never_replaces_a_frame_the_track_has_had() -> None:
+    sent: list[dict[str, Any]] = []
+    track = LatestFrameTrack(sent.append)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    track.offer(pixels, {"seq": 1}, first=True)  # nothing yet: taken
+    track.offer(pixels, {"seq": 3})
+    track.offer(pixels, {"seq": 2}, first=True)  # the picture before video, decoded late: not
+    await track.recv()
+    track.offer(pixels, {"seq": 2}, first=True)  # nor once a frame was sent
+    await track.recv()  # (the last one again, after REPEAT_AFTER_S)
+    assert [m["seq"] for m in sent] == [3, 3]
+
+
 async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)
@@ -88,6 +102,34 @@ async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:
         await ws.send(prompt(5, "a red fox"))
         header = await recv_json(ws)
         assert header["type"] == "frame" and header["format"] == "jpeg"
+        await ws.close()
+
+
+async def test_video_starts_with_the_picture_the_websocket_showed(engine: Engine) -> None:
+    # A page that reconnects (a kiosk after an idle timeout or a server restart) sends its
+    # prompt and its offer at once: the frame comes over the WebSocket while the peer connects.
+    # Once video carries the frames, the page shows the video: its first frame must be that
+    # picture, not nothing until somebody types.
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a yellow square"))
+        header = await recv_json(ws)
+        assert (header["seq"], header["format"]) == (1, "jpeg")
+        jpeg = await ws.recv()
+        pc, track, metas = await open_video(ws)
+        frame = await asyncio.wait_for(track.recv(), 10)
+        for _ in range(100):
+            if metas:
+                break
+            await asyncio.sleep(0.05)
+        assert [(m["seq"], m["format"]) for m in metas[:1]] == [(1, "video")]
+        want = decode_image(jpeg, 64, 64)
+        diff = np.abs(frame.to_ndarray(format="rgb24").astype(int) - want.astype(int)).mean()
+        assert diff < 8, diff
+        # It is not counted as a frame sent again, nor its age as a keystroke's latency.
+        metrics = (await http_get(srv.http_url + "/metrics"))[1]
+        assert "promptcast_frames_sent_total 1.0" in metrics
+        await pc.close()
         await ws.close()
 
 

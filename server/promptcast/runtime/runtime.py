@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,7 +50,7 @@ from promptcast.core.session import (
     Submit,
 )
 from promptcast.core.viewers import Feed, FeedKey, Refusal, Viewer, Viewers
-from promptcast.engine.image import BadImage, encode_jpeg
+from promptcast.engine.image import BadImage, decode_image, encode_jpeg
 from promptcast.engine.pipeline import Engine, RenderCancelled, Rendered
 from promptcast.runtime.metrics import Metrics
 from promptcast.runtime.worker import EngineThread
@@ -82,10 +83,11 @@ class VideoSink(Protocol):
 
     active: bool
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
-              ) -> None:
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
+              first: bool = False) -> None:
         """The newest frame: (H, W, 3) uint8 RGB, and its I420 planes where the engine made
-        them (engine/yuv.py)."""
+        them (engine/yuv.py). `first`: only if the sink has had no frame yet (the picture the
+        session showed before its video started)."""
 
     async def close(self) -> None: ...
 
@@ -106,6 +108,10 @@ class Connection:
         self.start_webrtc: Callable[[str], None] | None = None
         self.close_request: Close | None = None  # sent after the queued control messages
         self.prompt_truncated = False  # the last frame's prompt was cut to the encoder's limit
+        # The newest frame made as a JPEG: what a video track that starts later shows first.
+        self.last_jpeg: EncodedFrame | None = None
+        # Called by the transport when `video` becomes active (set by the runtime).
+        self.on_video_started: Callable[[], None] | None = None
         self._wake = asyncio.Event()
 
     @property
@@ -347,6 +353,7 @@ class Runtime:
         session = Session(session_id, limits, seed=secrets.randbelow(SEED_MAX + 1),
                           refine=self.refine, opened_at=time.monotonic())
         conn = Connection(session, self.frame_drops, peer)
+        conn.on_video_started = partial(self._video_started, conn)
         self.connections[session_id] = conn
         self.viewers.add_session(session_id, channel)
         self._watch_idle(conn)
@@ -449,11 +456,14 @@ class Runtime:
         """The header and image to send for `frame`; called by the transport just before sending."""
         return serialise(self._frame_header(frame.job, frame.timings, "jpeg")), frame.jpeg
 
-    def _frame_header(self, job: Job, timings: dict[str, float], fmt: str) -> FrameHeader:
-        """Counts the frame as sent now, and describes it."""
+    def _frame_header(self, job: Job, timings: dict[str, float], fmt: str, count: bool = True
+                      ) -> FrameHeader:
+        """Counts the frame as sent now (unless `count` is False: a frame shown again), and
+        describes it."""
         total = time.monotonic() - job.received_at
-        self.metrics.sent.inc()
-        self.metrics.latency.observe(total)
+        if count:
+            self.metrics.sent.inc()
+            self.metrics.latency.observe(total)
         req = job.request
         return FrameHeader(
             seq=job.seq, width=req.width, height=req.height, seed=req.seed, steps=req.steps,
@@ -685,10 +695,32 @@ class Runtime:
             self.frame_drops[FrameDropReason.SESSION_CLOSED] += 1
             return
         frame = EncodedFrame(job.seq, job, jpeg, timings)
+        if conn.last_jpeg is None or frame.seq >= conn.last_jpeg.seq:  # (a refine: the same seq)
+            conn.last_jpeg = frame
         # The same JPEG goes to MJPEG viewers: one reference per feed, never a copy or a queue.
         self._wake_feeds(self.viewers.publish(job.session_id, frame))
         if not on_video:
             conn.offer_frame(frame)
+
+    def _video_started(self, conn: Connection) -> None:
+        """The session's video track now carries its frames, and the client shows the video
+        instead of the JPEGs: the picture it showed last must not give way to nothing until
+        the next frame (a page that reconnects sends its prompt and its offer at once, so that
+        frame came over the WebSocket while the peer connected)."""
+        if conn.last_jpeg is not None:
+            self.spawn(self._show_on_video(conn, conn.last_jpeg))
+
+    async def _show_on_video(self, conn: Connection, frame: EncodedFrame) -> None:
+        req = frame.job.request
+        try:
+            pixels = await asyncio.to_thread(decode_image, frame.jpeg, req.width, req.height)
+        except BadImage:  # not expected of our own JPEG; the next frame comes anyway
+            log.exception("session %s: cannot show its last frame on video", conn.session.id)
+            return
+        video = conn.active_video
+        if video is not None and not conn.closed:  # a frame offered meanwhile is newer: kept
+            video.offer(pixels, self._frame_header(frame.job, frame.timings, "video",
+                                                   count=False).to_json(), first=True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task the runtime keeps a reference to until it ends."""

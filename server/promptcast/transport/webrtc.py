@@ -92,10 +92,13 @@ class LatestFrameTrack(MediaStreamTrack):
         self._start = time.monotonic()
         self._last_pts = -MIN_PTS_GAP
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
-              ) -> None:
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
+              first: bool = False) -> None:
         """pixels: (H, W, 3) uint8 RGB; yuv: its (H * 3 / 2, W) I420 planes, where the engine
-        made them. Replaces any frame not yet taken by the encoder."""
+        made them. Replaces any frame not yet taken by the encoder; with `first`, only if the
+        track has had no frame at all."""
+        if first and (self._pending is not None or self._last is not None):
+            return
         self._pending = (pixels, meta, yuv)
         self._new.set()
 
@@ -142,9 +145,9 @@ class WebRTCPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
         return str(self.pc.localDescription.sdp)
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None
-              ) -> None:
-        self.track.offer(pixels, meta, yuv)
+    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
+              first: bool = False) -> None:
+        self.track.offer(pixels, meta, yuv, first)
 
     def _on_datachannel(self, channel: Any) -> None:
         self._channel = channel
@@ -160,6 +163,8 @@ class WebRTCPeer:
             self._timeout.cancel()
             self.active = True
             self.conn.send(VideoState("webrtc"))
+            if self.conn.on_video_started is not None:
+                self.conn.on_video_started()
         elif state in ("failed", "closed", "disconnected"):
             await self._fall_back(f"peer connection {state}")
 

@@ -65,6 +65,27 @@ def test_a_bad_image_started_raises_when_taken() -> None:
         images.get(b"not an image", 64, 64)
 
 
+def test_a_bad_image_asked_for_again_raises_afresh_each_time() -> None:
+    # A session keeps its image and types on: each frame asks for the same failed decode. One
+    # exception object raised each time would grow its traceback by every raise's frames (and
+    # keep their locals, a render's tensors, alive).
+    images = DecodedImages()
+    images.start(b"not an image", 64, 64).exception()  # (the decode is done)
+    raised = []
+    for _ in range(3):
+        with pytest.raises(BadImage, match="could not be decoded") as info:
+            images.get(b"not an image", 64, 64)
+        raised.append(info.value)
+    assert len({id(exc) for exc in raised}) == 3
+    depths = []
+    for exc in raised:
+        depth, tb = 0, exc.__traceback__
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        depths.append(depth)
+    assert depths[0] == depths[-1], depths
+
+
 def test_only_the_newest_images_are_kept_and_older_decodes_not_begun_are_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -157,4 +157,10 @@ class DecodedImages:
                 return decode.result()
             except CancelledError:  # dropped (by newer images) after it was looked up
                 pass
+            except BadImage as exc:
+                # A fresh exception each time: the future raises the one it holds, and every
+                # raise adds its frames to that object's traceback, so a session that keeps a
+                # bad image and types on would keep every failed render's frames (and their
+                # tensors) alive.
+                raise BadImage(str(exc)) from None
         return decode_image(data, width, height)

@@ -249,6 +249,20 @@ def test_recover_after_a_failed_render_leaves_the_engine_rendering(engine: Engin
     assert engine.render(req("after recovery")).pixels.shape == (64, 64, 3)
 
 
+def test_a_requests_own_failure_leaves_the_other_sessions_caches(engine: Engine) -> None:
+    from promptcast.engine.image import BadImage
+
+    canvas = encode_jpeg(np.full((64, 64, 3), 90, np.uint8), 90)
+    engine.render(RenderRequest("a canvas", 1, 2, 64, 64, canvas, 0.5))  # its latents cached
+    cached = len(engine._init_latents)
+    with pytest.raises(BadImage) as info:
+        engine.render(RenderRequest("a bad canvas", 1, 2, 64, 64, b"not an image", 0.5))
+    engine.recover(info.value)  # as the runtime does after any failed render
+    assert cached >= 1 and len(engine._init_latents) == cached
+    engine.recover(torch.OutOfMemoryError("simulated: CUDA out of memory"))
+    assert len(engine._init_latents) == 0
+
+
 def test_the_engine_encodes_the_jpegs_it_is_asked_for(device_jpeg_engine: Engine,
                                                       engine: Engine) -> None:
     reqs = [req(f"a red circle {i}", seed=i) for i in range(3)]

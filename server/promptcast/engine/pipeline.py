@@ -618,13 +618,17 @@ class Engine:
         """After a render raised: give back what it may have left behind, so the next frame
         has the device's memory. An out-of-memory error mid-step leaves the allocator holding
         freed blocks; the caching allocator returns them here. Captured graphs keep their own
-        pool and stay valid. Call from the engine thread."""
+        pool and stay valid. Any other failure (a request's own, such as a bad image) left
+        nothing to give back: emptying the caches then would only make every other session's
+        next frames allocate, and re-encode their init images, as often as one client sends
+        bad input. Call from the engine thread."""
+        if not isinstance(exc, torch.OutOfMemoryError):
+            return
         self._init_latents.clear()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
-        if isinstance(exc, torch.OutOfMemoryError):
-            log.warning("out of device memory; caches freed: %s", str(exc).splitlines()[0])
+        log.warning("out of device memory; caches freed: %s", str(exc).splitlines()[0])
 
     def _padded_batch(self, n: int) -> int:
         if self.mode == "eager":

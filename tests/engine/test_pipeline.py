@@ -333,3 +333,15 @@ def test_jpeg_encoding_on_the_device_needs_a_working_nvjpeg_on_a_gpu(
     with pytest.raises(ModelLoadError, match="auto, device or cpu"):
         image.frame_encoder("gpu", cuda, 85)
     assert image.frame_encoder("cpu", torch.device("cpu"), 85) is None
+
+
+def test_an_lcm_strength_too_small_for_its_steps_takes_the_smallest_that_holds_them(
+    engine: Engine,
+) -> None:
+    # LCM (the embedded model) samples from the first 50 x strength of its 50 distillation
+    # timesteps: at 2 steps a strength under 0.04 holds too few, which diffusers refuses.
+    assert engine.preset.family == "lcm" and engine.scheduler.config.original_inference_steps == 50
+    canvas = encode_jpeg(np.full((64, 64, 3), 120, np.uint8), 90)
+    tiny = engine.render(RenderRequest("a canvas", 3, 2, 64, 64, canvas, 0.01)).pixels
+    least = engine.render(RenderRequest("a canvas", 3, 2, 64, 64, canvas, 0.05)).pixels
+    assert np.array_equal(tiny, least)

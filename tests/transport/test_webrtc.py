@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from promptcast.config import EngineConfig
+from promptcast.core.limits import Limits
 from promptcast.core.scheduler import RenderRequest
+from promptcast.core.session import Session
 from promptcast.engine.image import decode_image
 from promptcast.engine.pipeline import Engine
+from promptcast.runtime.runtime import Connection
 from promptcast.transport import webrtc
 from promptcast.transport.webrtc import MIN_PTS_GAP, LatestFrameTrack
 
@@ -43,6 +47,9 @@ async def open_video(ws: Any) -> tuple[RTCPeerConnection, Any, list[dict[str, An
     state = await recv_json(ws, timeout=20)
     assert state == {"type": "video", "transport": "webrtc", "reason": ""}
     return pc, await asyncio.wait_for(track, 10), metas
+
+
+LIMITS = Limits(sizes=((64, 64),), default_size=(64, 64), steps=(1,), default_steps=1)
 
 
 def prompt(seq: int, text: str) -> str:
@@ -223,6 +230,35 @@ async def test_a_bad_offer_is_an_error_not_a_crash(engine: Engine) -> None:
         await ws.send(prompt(1, "still fine"))
         assert (await recv_json(ws))["type"] == "frame"
         await ws.close()
+
+
+@pytest.mark.parametrize("offers", [2, 3])
+async def test_offers_at_once_are_answered_newest_only_and_leave_no_peer_behind(
+    offers: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A page's retry or a plugin's second offer: each offer's negotiation runs as its own task.
+    # An earlier one whose peer a later one closed mid-answer cleared the session's peer (the
+    # later one's) and reported an error; the peer that was answered then belonged to nobody.
+    webrtc.use_ice_host_addresses(["127.0.0.1"])
+    made: list[webrtc.WebRTCPeer] = []
+    real_init = webrtc.WebRTCPeer.__init__
+
+    def recorded(self: webrtc.WebRTCPeer, *args: Any) -> None:
+        real_init(self, *args)
+        made.append(self)
+
+    monkeypatch.setattr(webrtc.WebRTCPeer, "__init__", recorded)
+    client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    client.addTransceiver("video", direction="recvonly")
+    await client.setLocalDescription(await client.createOffer())
+    conn = Connection(Session("s", LIMITS, seed=1), Counter())
+    await asyncio.gather(*[webrtc.negotiate(conn, client.localDescription.sdp, [])
+                           for _ in range(offers)])
+    sent = list(conn.control)
+    assert [type(m).__name__ for m in sent] == ["WebRTCAnswer"], sent
+    assert conn.video is not None and [p for p in made if not p._closed] == [conn.video]
+    await conn.video.close()
+    await client.close()
 
 
 async def send_offer(ws: Any) -> RTCPeerConnection:

@@ -106,6 +106,7 @@ class Connection:
         self.video: VideoSink | None = None
         # Set by the transport that can answer WebRTC offers (called with the offer's SDP).
         self.start_webrtc: Callable[[str], None] | None = None
+        self.video_offers = 0  # offers seen, counted by the transport: the newest is answered
         self.close_request: Close | None = None  # sent after the queued control messages
         self.prompt_truncated = False  # the last frame's prompt was cut to the encoder's limit
         # The newest frame made as a JPEG: what a video track that starts later shows first.

@@ -205,21 +205,33 @@ class WebRTCPeer:
 
 
 async def negotiate(conn: Connection, offer_sdp: str, ice_servers: Sequence[RTCIceServer]) -> None:
-    """Answer a session's offer; until the peer connects, frames keep going over the WebSocket."""
+    """Answer a session's offer; until the peer connects, frames keep going over the WebSocket.
+    Offers are answered in turn, the newest winning: one that arrives while an earlier one is
+    answered (a page's retry, a plugin's second offer) closes the earlier one's peer, which is
+    neither answered nor reported as an error, so no peer is left that the session does not
+    hold (and close)."""
+    conn.video_offers += 1
+    mine = conn.video_offers
     old = conn.video
     if isinstance(old, WebRTCPeer):
         conn.video = None
         await old.close()
+    if conn.closed or conn.video_offers != mine:
+        return  # a newer offer came while the old peer closed: it answers
     peer = WebRTCPeer(conn, ice_servers)
     conn.video = peer
     try:
         answer = await peer.answer(offer_sdp)
     except Exception as exc:  # a malformed SDP is the client's fault, not a server error
         await peer.close()
-        conn.video = None
-        conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, f"could not answer the offer: {exc}"))
+        if conn.video is peer:
+            conn.video = None
+        if conn.video_offers == mine:  # (else a newer offer closed it mid-answer)
+            conn.send(ErrorMessage(ErrorCode.WEBRTC_FAILED, f"could not answer the offer: {exc}"))
         return
-    if conn.closed:
+    if conn.closed or conn.video_offers != mine:
         await peer.close()
+        if conn.video is peer:
+            conn.video = None
         return
     conn.send(WebRTCAnswer(answer))

@@ -86,6 +86,7 @@ class Server:
     host: str
     port: int
     app: Any
+    uvicorn: Any = None  # the uvicorn.Server
 
     @property
     def ws_url(self) -> str:
@@ -126,7 +127,7 @@ async def run_server(engine: Any, wait_ready: bool = True, **config_overrides: A
         port = server.servers[0].sockets[0].getsockname()[1]
         while wait_ready and not app.state.runtime.ready:
             await asyncio.sleep(0.01)
-        yield Server("127.0.0.1", port, app)
+        yield Server("127.0.0.1", port, app, server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)

@@ -230,12 +230,16 @@ def uvicorn_config(app: Any, config: Config) -> Any:
     import uvicorn
 
     from promptcast.transport.http import http_protocol
+    from promptcast.transport.ws_keepalive import KeepaliveProtocol
 
     return uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="on", log_level=config.log_level,
         # uvicorn has no timeout for a request head: without this, a client that never finishes
         # its request holds a connection for ever (slowloris).
         http=http_protocol(config.header_timeout_s, on_shutdown=lambda: _drain(app)),
+        # A peer that answers no ping is dropped even when it stopped reading (its frames
+        # fill the socket, and uvicorn's own close would wait for them to drain for ever).
+        ws=KeepaliveProtocol,
         # uvicorn takes None for "off"; 0 would mean a ping timeout that fires at once.
         ws_ping_interval=config.ws_ping_interval_s or None,
         ws_ping_timeout=config.ws_ping_timeout_s or None,

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 from typing import Any
 
 import pytest
@@ -86,14 +87,18 @@ async def test_no_idle_timeout_by_default(server: Server) -> None:
     await ws.close()
 
 
+def handshake_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
 async def raw_handshake(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket connection that completes its handshake and then plays dead: it never
     reads again, so it answers no ping."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    writer.write(handshake_request(port))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 101 ")
     return reader, writer
@@ -115,6 +120,44 @@ async def test_a_peer_that_answers_no_ping_is_dropped(engine: Engine) -> None:
         assert not reader.done() and len(srv.runtime.connections) == 1
         await live.close()
         writer.close()
+
+
+def masked_text(text: str) -> bytes:
+    """A client's text frame (clients must mask), for a raw connection."""
+    payload, mask = text.encode(), os.urandom(4)
+    assert len(payload) < 126
+    return (bytes([0x81, 0x80 | len(payload)]) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+async def test_a_peer_that_stopped_reading_with_frames_piled_up_is_dropped(engine: Engine) -> None:
+    # A frozen tab or a hung plugin: its TCP stack still acknowledges, with a zero window, but
+    # it never reads. Once its frames fill the socket, uvicorn's own close after the ping
+    # timeout waited for them to drain, for ever: the session kept its place.
+    ping, pong = 3.0, 0.5  # (the first ping after the frames have piled up)
+    async with run_server(engine, ws_ping_interval_s=ping, ws_ping_timeout_s=pong) as srv:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()  # read from by nobody, not even a stream reader's buffer
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", srv.port))
+        await loop.sock_sendall(sock, handshake_request(srv.port))
+        await sessions_drop_to(srv, 1)
+        # The server's end of it, with a small send buffer, which a few frames fill.
+        [proto] = [p for p in srv.uvicorn.server_state.connections
+                   if p.transport.get_extra_info("peername")[1] == sock.getsockname()[1]]
+        proto.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                            4096)
+        w, h = max(srv.runtime.limits.sizes)
+        for seq in range(1, 51):
+            await loop.sock_sendall(sock, masked_text(json.dumps(
+                {"type": "prompt", "seq": seq, "text": f"fox {seq}", "width": w, "height": h,
+                 "seed": seq})))
+            await asyncio.sleep(0.04)
+        assert proto.transport.get_write_buffer_size() > 0  # frames wait that will never go
+        await sessions_drop_to(srv, 0, limit=ping + pong + 5)
+        assert proto.transport.is_closing()
+        sock.close()
 
 
 def test_zero_turns_pings_and_the_header_timeout_off() -> None:

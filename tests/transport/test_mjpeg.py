@@ -5,8 +5,10 @@ parts) reads the stream and decodes its JPEGs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from promptcast.engine.pipeline import Engine
+from promptcast.transport.http import HeaderTimeoutProtocol
 
 from ..conftest import Server, connect, frames_until, recv_json, run_server
 
@@ -284,6 +287,50 @@ async def test_a_slow_viewer_delays_no_one(server: Server) -> None:
     for v in (stuck, fast):
         v.close()
     await ws.close()
+
+
+async def test_a_viewer_that_stops_reading_frees_its_place(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A screen that hangs but keeps its TCP connection (its stack acknowledges, with a zero
+    # window): once its buffers are full the stream's write waits, and uvicorn sets no limit,
+    # so the viewer held its place under the cap for ever.
+    monkeypatch.setattr(HeaderTimeoutProtocol, "write_timeout_s", 1.0)
+    loop = asyncio.get_running_loop()
+    async with run_server(engine, max_mjpeg_viewers=1) as srv:
+        ws, _ = await connect(srv.ws_url + "?channel=show")
+        reading = asyncio.create_task(_read_all(ws))
+        sock = socket.socket()  # the viewer: read from by nobody
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (srv.host, srv.port))
+        await loop.sock_sendall(sock, b"GET /stream.mjpg?channel=show HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_for(lambda: srv.runtime.viewers.count == 1)
+        # The server's end of it, with a small send buffer, which a few frames fill.
+        [proto] = [p for p in srv.uvicorn.server_state.connections
+                   if p.transport.get_extra_info("peername")[1] == sock.getsockname()[1]]
+        proto.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                            4096)
+        w, h = max(srv.runtime.limits.sizes)
+        seq = 0
+        while not proto.flow.write_paused:
+            seq += 1
+            assert seq < 200, "the viewer's writes never paused"
+            await ws.send(prompt(seq, f"a fox {seq}", width=w, height=h, seed=seq))
+            await asyncio.sleep(0.04)
+        await wait_for(lambda: srv.runtime.viewers.count == 0, timeout=1.0 + 5)
+        viewer = await Mjpeg.open(srv, "channel=show")
+        assert viewer.status == 200
+        viewer.close()
+        sock.close()
+        reading.cancel()
+        await ws.close()
+
+
+async def _read_all(ws: Any) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await ws.recv()
 
 
 async def test_shutdown_ends_the_streams_without_waiting(engine: Engine) -> None:

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with a deadline for requests to arrive.
+"""uvicorn's HTTP protocol with a deadline for requests to arrive, and one for responses to
+be read.
 
 uvicorn has no timeout for the head of a request (its keep-alive timer runs only between
 requests, and the next request's first byte cancels it), so a client that opens connections and
@@ -8,6 +9,13 @@ arrive within `header_timeout_s`, counted from the connection's opening (for its
 or from the first byte of a later request on a kept-alive connection; past it the connection is
 closed. No route of this server takes a request body, so a real client's request is a few
 hundred bytes sent at once.
+
+Responses have the opposite problem: uvicorn writes a response only as fast as the client
+reads it, with no limit, and an MJPEG stream never ends. A viewer that stays connected but
+stops reading (its TCP stack still acknowledges, with a zero window) held its place under
+`--max-mjpeg-viewers` for ever, and a graceful shutdown waited for it. Here a connection whose
+writes have been paused (uvicorn's buffer full) for `write_timeout_s` is aborted, which ends
+the response as if the client had left.
 
 Built on uvicorn's h11 protocol, chosen explicitly rather than uvicorn's "auto" (which prefers
 httptools when it is installed): h11 is a dependency of uvicorn itself, so the server behaves
@@ -36,6 +44,10 @@ class HeaderTimeoutProtocol(H11Protocol):
     `http_protocol()`, which sets the timeout."""
 
     header_timeout_s: float = 10.0  # 0: no deadline
+    # A response's writes paused this long (nothing read meanwhile): the client is gone. Long
+    # enough for a real viewer on a slow link, whose reading resumes them every frame.
+    write_timeout_s: float = 20.0
+    _write_timer: asyncio.TimerHandle | None = None
     # Called when the server begins a graceful shutdown (SIGTERM, or should_exit), before it
     # waits for responses in flight: endless ones (MJPEG streams) must be told to end.
     on_shutdown: Callable[[], None] | None = None
@@ -62,7 +74,30 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None and self.write_timeout_s > 0:
+            self._write_timer = self.loop.call_later(self.write_timeout_s, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write_timer()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.info("%s: closing an HTTP connection whose client has read nothing for %g s",
+                 self.client[0] if self.client else "?", self.write_timeout_s)
+        # Not close(): that waits for the buffer to drain, which a client that does not read
+        # never lets happen. connection_lost() then tells the response it is over.
+        self.transport.abort()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         # The WebSocket protocol takes the connection over (its own pings guard it from here);

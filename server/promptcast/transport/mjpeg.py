@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "promptcastframe"
 # With no new frame for this long, the last one is sent again: a screen that connected during
-# a pause gets a second chance at the picture, and the write finds out a viewer that vanished
-# without closing (which frees its place under the cap).
+# a pause gets a second chance at the picture, and a write keeps going to a viewer that stopped
+# reading, so that its writes pause and the HTTP protocol's write timeout (transport/http.py)
+# closes it, freeing its place under the cap.
 REPEAT_AFTER_S = 1.0
 
 _STATUS = {

@@ -289,6 +289,22 @@ async def test_a_slow_viewer_delays_no_one(server: Server) -> None:
     await ws.close()
 
 
+async def test_head_answers_the_streams_head_and_holds_no_place(engine: Engine) -> None:
+    async with run_server(engine, max_mjpeg_viewers=1) as srv:
+        ws, _ = await connect(srv.ws_url + "?channel=show")
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        for _ in range(2):  # the kept-alive connection answers its next request too
+            writer.write(b"HEAD /stream.mjpg?channel=show HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ") and b"multipart/x-mixed-replace" in head
+        assert srv.runtime.viewers.count == 0
+        viewer = await Mjpeg.open(srv, "channel=show")
+        assert viewer.status == 200
+        viewer.close()
+        writer.close()
+        await ws.close()
+
+
 async def test_a_viewer_that_stops_reading_frees_its_place(
     engine: Engine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -51,16 +51,20 @@ async def mjpeg_endpoint(request: Request) -> Response:
         status, message = _STATUS[viewer]
         headers = {"Retry-After": "5"} if status == 503 else None
         return JSONResponse({"error": message}, status, headers=headers)
+    media_type = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+    headers = {
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+        "X-Accel-Buffering": "no",  # nginx: pass parts on as they come
+    }
+    if request.method == "HEAD":
+        # The stream's head alone (Starlette routes HEAD here too): a stream that never ends
+        # and writes nothing would hold a viewer place, and the connection, until the client
+        # gave up.
+        viewer.close()
+        return Response(media_type=media_type, headers=headers)
     log.info("%s: MJPEG viewer of %s %s", request.client.host if request.client else "?", *key)
-    return _MjpegResponse(
-        viewer,
-        media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-        headers={
-            "Cache-Control": "no-cache, no-store, must-revalidate",
-            "Pragma": "no-cache",
-            "X-Accel-Buffering": "no",  # nginx: pass parts on as they come
-        },
-    )
+    return _MjpegResponse(viewer, media_type=media_type, headers=headers)
 
 
 class _MjpegResponse(StreamingResponse):

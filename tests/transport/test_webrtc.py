@@ -140,6 +140,32 @@ async def test_video_starts_with_the_picture_the_websocket_showed(engine: Engine
         await ws.close()
 
 
+async def test_a_new_video_never_starts_with_a_picture_older_than_the_last_video_frame(
+    engine: Engine,
+) -> None:
+    async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a yellow square"))
+        assert (await recv_json(ws))["format"] == "jpeg"
+        await ws.recv()
+        pc, track, metas = await open_video(ws)
+        await asyncio.wait_for(track.recv(), 10)  # seq 1, shown again
+        await ws.send(prompt(2, "a green square"))
+        for _ in range(200):
+            if any(m["seq"] == 2 for m in metas):
+                break
+            await asyncio.sleep(0.05)
+        await pc.close()  # the link drops: frames come over the WebSocket again
+        assert (await recv_json(ws, timeout=20))["transport"] == "websocket"
+        pc, track, metas = await open_video(ws)  # and video comes back, nobody typing meanwhile
+        with pytest.raises(TimeoutError):  # not seq 1's picture: the video showed 2 since
+            await asyncio.wait_for(track.recv(), 2)
+        await ws.send(prompt(3, "a blue square"))
+        await asyncio.wait_for(track.recv(), 10)
+        await pc.close()
+        await ws.close()
+
+
 async def test_an_engine_that_encodes_jpegs_skips_the_frames_that_go_to_video(
     device_jpeg_engine: Engine,
 ) -> None:

@@ -109,8 +109,10 @@ class Connection:
         self.video_offers = 0  # offers seen, counted by the transport: the newest is answered
         self.close_request: Close | None = None  # sent after the queued control messages
         self.prompt_truncated = False  # the last frame's prompt was cut to the encoder's limit
-        # The newest frame made as a JPEG: what a video track that starts later shows first.
+        # The newest frame made as a JPEG: what a video track that starts later shows first,
+        # unless a newer frame went to video (video_seq, the newest seq offered to one).
         self.last_jpeg: EncodedFrame | None = None
+        self.video_seq = -1
         # Called by the transport when `video` becomes active (set by the runtime).
         self.on_video_started: Callable[[], None] | None = None
         self._wake = asyncio.Event()
@@ -682,6 +684,7 @@ class Runtime:
             # The video encoder takes the pixels. Metadata goes with the frame.
             video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json(),
                         rendered.yuv)
+            conn.video_seq = max(conn.video_seq, job.seq)
         if not self._jpeg_wanted(conn, job.session_id):
             return  # no JPEG: nobody would see it
         jpeg = rendered.jpeg  # the engine's (--jpeg-encode), its time already in the timings
@@ -708,7 +711,7 @@ class Runtime:
         instead of the JPEGs: the picture it showed last must not give way to nothing until
         the next frame (a page that reconnects sends its prompt and its offer at once, so that
         frame came over the WebSocket while the peer connected)."""
-        if conn.last_jpeg is not None:
+        if conn.last_jpeg is not None and conn.last_jpeg.seq >= conn.video_seq:
             self.spawn(self._show_on_video(conn, conn.last_jpeg))
 
     async def _show_on_video(self, conn: Connection, frame: EncodedFrame) -> None:

@@ -49,6 +49,17 @@ async def open_video(ws: Any) -> tuple[RTCPeerConnection, Any, list[dict[str, An
     return pc, await asyncio.wait_for(track, 10), metas
 
 
+async def meta_of(metas: list[dict[str, Any]], seq: int | None = None, timeout: float = 10
+                  ) -> dict[str, Any]:
+    """The metadata of the video frame showing `seq` (None: the first frame's), once it came."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = [m for m in metas if seq is None or m["seq"] == seq]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+
+
 LIMITS = Limits(sizes=((64, 64),), default_size=(64, 64), steps=(1,), default_steps=1)
 
 
@@ -91,11 +102,7 @@ async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:
             await ws.send(prompt(seq, text))
         frame = await asyncio.wait_for(track.recv(), 20)
         assert (frame.width, frame.height) == (64, 64)
-        for _ in range(200):
-            if any(m["seq"] == 4 for m in metas):
-                break
-            await asyncio.sleep(0.05)
-        last = next(m for m in metas if m["seq"] == 4)
+        last = await meta_of(metas, 4)
         assert last["type"] == "frame" and last["format"] == "video" and last["pts"] >= 0
         assert last["timings"]["total_ms"] > 0
         assert [m["seq"] for m in metas] == sorted(m["seq"] for m in metas)
@@ -125,10 +132,7 @@ async def test_video_starts_with_the_picture_the_websocket_showed(engine: Engine
         jpeg = await ws.recv()
         pc, track, metas = await open_video(ws)
         frame = await asyncio.wait_for(track.recv(), 10)
-        for _ in range(100):
-            if metas:
-                break
-            await asyncio.sleep(0.05)
+        await meta_of(metas)
         assert [(m["seq"], m["format"]) for m in metas[:1]] == [(1, "video")]
         want = decode_image(jpeg, 64, 64)
         diff = np.abs(frame.to_ndarray(format="rgb24").astype(int) - want.astype(int)).mean()
@@ -151,10 +155,7 @@ async def test_a_new_video_never_starts_with_a_picture_older_than_the_last_video
         pc, track, metas = await open_video(ws)
         await asyncio.wait_for(track.recv(), 10)  # seq 1, shown again
         await ws.send(prompt(2, "a green square"))
-        for _ in range(200):
-            if any(m["seq"] == 2 for m in metas):
-                break
-            await asyncio.sleep(0.05)
+        await meta_of(metas, 2)
         await pc.close()  # the link drops: frames come over the WebSocket again
         assert (await recv_json(ws, timeout=20))["transport"] == "websocket"
         pc, track, metas = await open_video(ws)  # and video comes back, nobody typing meanwhile
@@ -177,10 +178,7 @@ async def test_an_engine_that_encodes_jpegs_skips_the_frames_that_go_to_video(
         pc, track, metas = await open_video(ws)
         await ws.send(prompt(2, "a green square on video"))
         await asyncio.wait_for(track.recv(), 20)
-        for _ in range(200):
-            if any(m["seq"] == 2 for m in metas):
-                break
-            await asyncio.sleep(0.05)
+        await meta_of(metas, 2)
         await pc.close()
         await ws.close()
     asked = dict(device_jpeg_engine.asked)  # type: ignore[attr-defined]
@@ -214,10 +212,7 @@ async def test_video_shows_the_rendered_picture_from_either_conversion(
         await ws.send(json.dumps({"type": "prompt", "seq": 1, "text": "a blue circle", "seed": 7,
                                   "width": 64, "height": 64}))
         frame = await asyncio.wait_for(track.recv(), 20)  # the only picture rendered
-        for _ in range(200):
-            if metas:
-                break
-            await asyncio.sleep(0.05)
+        await meta_of(metas)
         await pc.close()
         await ws.close()
     assert planes_given and set(planes_given) == {device_planes}

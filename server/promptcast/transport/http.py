@@ -40,8 +40,8 @@ REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnect
 
 
 class HeaderTimeoutProtocol(H11Protocol):
-    """uvicorn's H11Protocol, closing connections whose request is late. Subclass it with
-    `http_protocol()`, which sets the timeout."""
+    """uvicorn's H11Protocol, closing connections whose request is late, or whose client has
+    stopped reading a response. Subclass it with `http_protocol()`, which sets the timeout."""
 
     header_timeout_s: float = 10.0  # 0: no deadline
     # A response's writes paused this long (nothing read meanwhile): the client is gone. Long

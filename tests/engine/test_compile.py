@@ -19,6 +19,7 @@ from PIL import Image
 
 from promptcast.config import EngineConfig
 from promptcast.core.scheduler import RenderRequest
+from promptcast.engine.compile import compile_seconds
 from promptcast.engine.pipeline import Engine
 
 from .test_prompts import Recorder
@@ -118,8 +119,9 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
     report = json.loads(out.read_text())
     assert (report["arch"], report["mode"], report["resolution"]) == ("tiny", "compile", SIZE)
     assert (report["tuning"], report["jpeg_encoder"]) == ("fast", "cpu")
-    # What the warm-up spent compiling (dynamo traces even from a warm cache), and on what.
-    assert 0 < report["compile_backend_s"] < report["compile_s"] < report["warm_up_s"]
+    # What the warm-up spent compiling, and on what. (Zero where this process compiled the same
+    # calls before, for another engine of the same shapes: dynamo reuses that code.)
+    assert 0 <= report["compile_backend_s"] <= report["compile_s"] < report["warm_up_s"]
     # The profile of the compiled frames. (On a CPU the profiler sees the operators inductor
     # calls out to, such as the convolutions, but not its own generated C++ kernels.)
     profile = kernels.read_text()
@@ -134,8 +136,20 @@ def test_engine_benchmark_runs_the_compiled_tiny_arch_against_stock_diffusers(
         assert b["keystroke_ms"] > b["text_miss_ms"] > 0
     printed = capsys.readouterr().out
     assert "| batch | steps | ms/batch | frames/s |" in printed
-    assert "(torch.compile " in printed and ": tracing and guards " in printed
+    assert ("(torch.compile " in printed) == (report["compile_s"] > 0)
     assert printed.count("stock diffusers pipeline") == 2
+
+
+def test_compile_seconds_tells_tracing_from_the_backend() -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x * 2 + 1).sum()
+
+    before = compile_seconds()
+    torch.compile(f, backend="aot_eager", fullgraph=True)(torch.randn(8))
+    after = compile_seconds()
+    assert before is not None and after is not None
+    total, backend = after[0] - before[0], after[1] - before[1]
+    assert 0 < backend < total
 
 
 def test_arch_without_random_weights_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

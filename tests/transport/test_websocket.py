@@ -563,3 +563,14 @@ async def test_a_prompt_past_the_token_limit_gets_one_notice(server: Server) -> 
     [(header, _)] = await frames_until(ws, 2)
     assert header["seq"] == 2
     await ws.close()
+
+
+async def test_stop_leaves_none_of_the_runtimes_tasks_pending(engine: Engine) -> None:
+    async with run_server(engine) as srv:
+        ws, _ = await connect(srv.ws_url)
+        await ws.send(prompt(1, "a last frame"))
+        await frames_until(ws, 1)
+        srv.runtime.spawn(asyncio.Event().wait())  # one that would never end by itself
+        spawned = set(srv.runtime._tasks)
+        await ws.close()
+    assert spawned and all(task.done() for task in spawned)

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # Control messages (errors, notices) a client has not read yet. A client that floods bad
 # input and never reads must not grow server memory; the oldest notices go first.
 CONTROL_BACKLOG = 64
+# At stop, how long the runtime's own tasks (deliveries, peer closes) get to finish.
+TASKS_AT_STOP_S = 1.0
 
 
 class ServerFull(Exception):
@@ -313,11 +315,23 @@ class Runtime:
         # The render in flight finishes (a GPU step is never abandoned half-way), within half
         # the shutdown timeout (uvicorn had the other half to close the connections).
         limit = self.config.shutdown_timeout_s / 2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         try:
             await asyncio.wait_for(asyncio.to_thread(self._thread.shutdown), limit)
         except TimeoutError:
             self.abandoned = True
             log.error("the engine is still busy after %.1f s; exiting without waiting for it", limit)
+        # What this runtime spawned (frame deliveries, WebRTC negotiations, the peer closes of
+        # the sessions uvicorn just closed) ends here, finished or cancelled, rather than be
+        # dropped half-done by the loop's end: a peer close cut short leaves its ports open.
+        # (Within the same half of the shutdown timeout as the engine.)
+        if self._tasks:
+            wait_s = min(TASKS_AT_STOP_S, max(0.0, deadline - loop.time()))
+            _, pending = await asyncio.wait(set(self._tasks), timeout=wait_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(ready, what /readyz says)."""

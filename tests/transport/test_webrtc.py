@@ -21,7 +21,7 @@ from promptcast.core.scheduler import RenderRequest
 from promptcast.core.session import Session
 from promptcast.engine.image import decode_image
 from promptcast.engine.pipeline import Engine
-from promptcast.runtime.runtime import Connection
+from promptcast.runtime.runtime import Connection, Describe
 from promptcast.transport import webrtc
 from promptcast.transport.webrtc import MIN_PTS_GAP, LatestFrameTrack
 
@@ -67,6 +67,10 @@ def prompt(seq: int, text: str) -> str:
     return json.dumps({"type": "prompt", "seq": seq, "text": text, "width": 64, "height": 64})
 
 
+def described(seq: int) -> Describe:
+    return lambda: {"seq": seq}
+
+
 async def test_frames_at_the_same_instant_get_pts_far_enough_apart(monkeypatch: Any) -> None:
     # Browsers report a shown frame's RTP timestamp a tick off now and then; the page matches
     # within a few ticks, so pts must never be closer than MIN_PTS_GAP, however fast frames come.
@@ -75,7 +79,7 @@ async def test_frames_at_the_same_instant_get_pts_far_enough_apart(monkeypatch: 
     track = LatestFrameTrack(sent.append)
     pixels = np.zeros((16, 16, 3), np.uint8)
     for seq in range(3):
-        track.offer(pixels, {"seq": seq})
+        track.offer(pixels, described(seq))
         await track.recv()
     assert [m["seq"] for m in sent] == [0, 1, 2]
     assert [m["pts"] for m in sent] == [0, MIN_PTS_GAP, 2 * MIN_PTS_GAP]
@@ -85,13 +89,30 @@ async def test_a_first_frame_never_replaces_a_frame_the_track_has_had() -> None:
     sent: list[dict[str, Any]] = []
     track = LatestFrameTrack(sent.append)
     pixels = np.zeros((16, 16, 3), np.uint8)
-    track.offer(pixels, {"seq": 1}, first=True)  # nothing yet: taken
-    track.offer(pixels, {"seq": 3})
-    track.offer(pixels, {"seq": 2}, first=True)  # the picture before video, decoded late: not
+    assert not track.offer(pixels, described(1), first=True)  # nothing yet: taken
+    assert track.offer(pixels, described(3))  # replaces 1, never sent
+    track.offer(pixels, described(2), first=True)  # the picture before video, decoded late: not
     await track.recv()
-    track.offer(pixels, {"seq": 2}, first=True)  # nor once a frame was sent
+    track.offer(pixels, described(2), first=True)  # nor once a frame was sent
     await track.recv()  # (the last one again, after REPEAT_AFTER_S)
     assert [m["seq"] for m in sent] == [3, 3]
+
+
+async def test_a_frame_is_described_once_when_sent_and_never_if_replaced() -> None:
+    # Describing a frame is what counts it as sent (its header, its keystroke latency): a frame
+    # the track replaced before sending it was not sent, and a repeat is not a new frame.
+    described_seqs: list[int] = []
+
+    def counted(seq: int) -> Describe:
+        return lambda: described_seqs.append(seq) or {"seq": seq}
+
+    track = LatestFrameTrack(lambda _meta: None)
+    pixels = np.zeros((16, 16, 3), np.uint8)
+    assert not track.offer(pixels, counted(1))
+    assert track.offer(pixels, counted(2))
+    await track.recv()
+    await track.recv()  # a repeat, after REPEAT_AFTER_S
+    assert described_seqs == [2]
 
 
 async def test_frames_arrive_as_video_with_their_seq(engine: Engine) -> None:

@@ -80,16 +80,21 @@ class EncodedFrame:
         return self.job.refined
 
 
+# A video frame's metadata (its frame header), made when the frame is sent, which counts it.
+Describe = Callable[[], dict[str, Any]]
+
+
 class VideoSink(Protocol):
     """Where a session's frames go instead of the WebSocket once `active` (WebRTC video)."""
 
     active: bool
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
-              first: bool = False) -> None:
+    def offer(self, pixels: np.ndarray, describe: Describe, yuv: np.ndarray | None = None,
+              first: bool = False) -> bool:
         """The newest frame: (H, W, 3) uint8 RGB, and its I420 planes where the engine made
-        them (engine/yuv.py). `first`: only if the sink has had no frame yet (the picture the
-        session showed before its video started)."""
+        them (engine/yuv.py); `describe` is called once, when it is sent. `first`: only if the
+        sink has had no frame yet (the picture the session showed before its video started).
+        True if it replaced a frame not yet sent, which never will be."""
 
     async def close(self) -> None: ...
 
@@ -695,9 +700,13 @@ class Runtime:
         video = conn.active_video
         on_video = video is not None
         if video is not None:
-            # The video encoder takes the pixels. Metadata goes with the frame.
-            video.offer(rendered.pixels, self._frame_header(job, timings, "video").to_json(),
-                        rendered.yuv)
+            # The video encoder takes the pixels; the metadata goes with the frame, made (and
+            # the frame counted as sent) when the track sends it. One it replaces is a drop.
+            shown = dict(timings)
+            if video.offer(rendered.pixels,
+                           lambda: self._frame_header(job, shown, "video").to_json(),
+                           rendered.yuv):
+                self.frame_drops[FrameDropReason.SUPERSEDED] += 1
             conn.video_seq = max(conn.video_seq, job.seq)
         if not self._jpeg_wanted(conn, job.session_id):
             return  # no JPEG: nobody would see it
@@ -737,8 +746,8 @@ class Runtime:
             return
         video = conn.active_video
         if video is not None and not conn.closed:  # a frame offered meanwhile is newer: kept
-            video.offer(pixels, self._frame_header(frame.job, frame.timings, "video",
-                                                   count=False).to_json(), first=True)
+            video.offer(pixels, lambda: self._frame_header(frame.job, frame.timings, "video",
+                                                           count=False).to_json(), first=True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task the runtime keeps a reference to until it ends."""

@@ -30,7 +30,7 @@ from av import VideoFrame
 from promptcast.core import ice as core_ice
 from promptcast.core.messages import ErrorCode, ErrorMessage, VideoState, WebRTCAnswer
 from promptcast.engine.yuv import video_frame
-from promptcast.runtime.runtime import Connection
+from promptcast.runtime.runtime import Connection, Describe
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +85,39 @@ class LatestFrameTrack(MediaStreamTrack):
     def __init__(self, on_sent: Callable[[dict[str, Any]], None]) -> None:
         super().__init__()
         self._on_sent = on_sent
-        # (pixels, meta, I420 planes or None), not yet taken / last sent
-        self._pending: tuple[np.ndarray, dict[str, Any], np.ndarray | None] | None = None
+        # Not yet taken: (pixels, what describes it, I420 planes or None); last sent: (pixels,
+        # its description, planes), sent again as it is when no new frame comes.
+        self._pending: tuple[np.ndarray, Describe, np.ndarray | None] | None = None
         self._last: tuple[np.ndarray, dict[str, Any], np.ndarray | None] | None = None
         self._new = asyncio.Event()
         self._start = time.monotonic()
         self._last_pts = -MIN_PTS_GAP
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
-              first: bool = False) -> None:
+    def offer(self, pixels: np.ndarray, describe: Describe, yuv: np.ndarray | None = None,
+              first: bool = False) -> bool:
         """pixels: (H, W, 3) uint8 RGB; yuv: its (H * 3 / 2, W) I420 planes, where the engine
-        made them. Replaces any frame not yet taken by the encoder; with `first`, only if the
-        track has had no frame at all."""
+        made them; `describe()` gives the frame's metadata, called once, when the frame is
+        sent. Replaces any frame not yet taken by the encoder, and says whether it did (that
+        frame is never sent); with `first`, only if the track has had no frame at all."""
         if first and (self._pending is not None or self._last is not None):
-            return
-        self._pending = (pixels, meta, yuv)
+            return False
+        replaced = self._pending is not None
+        self._pending = (pixels, describe, yuv)
         self._new.set()
+        return replaced
 
     async def recv(self) -> VideoFrame:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new.wait(), REPEAT_AFTER_S)
             self._new.clear()
-            item = self._pending or self._last
-            if item is not None:
+            if self._pending is not None or self._last is not None:
                 break
-        self._pending, self._last = None, item
-        pixels, meta, yuv = item
+        if self._pending is not None:  # a new frame: described (and so counted) once, now
+            pixels, describe, yuv = self._pending
+            self._pending, self._last = None, (pixels, describe(), yuv)
+        assert self._last is not None
+        pixels, meta, yuv = self._last
         # Colour conversion of a large frame takes milliseconds, and even wrapping planes a
         # fraction of one: not on the event loop.
         frame = await asyncio.to_thread(video_frame, pixels, yuv)
@@ -145,9 +151,9 @@ class WebRTCPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers candidates
         return str(self.pc.localDescription.sdp)
 
-    def offer(self, pixels: np.ndarray, meta: dict[str, Any], yuv: np.ndarray | None = None,
-              first: bool = False) -> None:
-        self.track.offer(pixels, meta, yuv, first)
+    def offer(self, pixels: np.ndarray, describe: Describe, yuv: np.ndarray | None = None,
+              first: bool = False) -> bool:
+        return self.track.offer(pixels, describe, yuv, first)
 
     def _on_datachannel(self, channel: Any) -> None:
         self._channel = channel

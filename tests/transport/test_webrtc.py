@@ -67,6 +67,15 @@ def prompt(seq: int, text: str) -> str:
     return json.dumps({"type": "prompt", "seq": seq, "text": text, "width": 64, "height": 64})
 
 
+async def jpeg_of(ws: Any, seq: int, text: str) -> bytes:
+    """Send prompt `seq` before video is on: its frame comes over the WebSocket, as a JPEG."""
+    await ws.send(prompt(seq, text))
+    header = await recv_json(ws)
+    assert (header["seq"], header["format"]) == (seq, "jpeg")
+    jpeg: bytes = await ws.recv()
+    return jpeg
+
+
 def described(seq: int) -> Describe:
     return lambda: {"seq": seq}
 
@@ -147,10 +156,7 @@ async def test_video_starts_with_the_picture_the_websocket_showed(engine: Engine
     # picture, not nothing until somebody types.
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)
-        await ws.send(prompt(1, "a yellow square"))
-        header = await recv_json(ws)
-        assert (header["seq"], header["format"]) == (1, "jpeg")
-        jpeg = await ws.recv()
+        jpeg = await jpeg_of(ws, 1, "a yellow square")
         pc, track, metas = await open_video(ws)
         frame = await asyncio.wait_for(track.recv(), 10)
         await meta_of(metas)
@@ -170,9 +176,7 @@ async def test_a_new_video_never_starts_with_a_picture_older_than_the_last_video
 ) -> None:
     async with run_server(engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)
-        await ws.send(prompt(1, "a yellow square"))
-        assert (await recv_json(ws))["format"] == "jpeg"
-        await ws.recv()
+        await jpeg_of(ws, 1, "a yellow square")
         pc, track, metas = await open_video(ws)
         await asyncio.wait_for(track.recv(), 10)  # seq 1, shown again
         await ws.send(prompt(2, "a green square"))
@@ -193,9 +197,7 @@ async def test_an_engine_that_encodes_jpegs_skips_the_frames_that_go_to_video(
 ) -> None:
     async with run_server(device_jpeg_engine, ice_hosts=("127.0.0.1",)) as srv:
         ws, _ = await connect(srv.ws_url)
-        await ws.send(prompt(1, "a green square before video"))
-        assert (await recv_json(ws))["format"] == "jpeg"
-        await ws.recv()  # its JPEG
+        await jpeg_of(ws, 1, "a green square before video")
         pc, track, metas = await open_video(ws)
         await ws.send(prompt(2, "a green square on video"))
         await asyncio.wait_for(track.recv(), 20)
